@@ -1,0 +1,3 @@
+from vent_bake.cli import main
+
+main()

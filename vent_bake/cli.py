@@ -1,0 +1,86 @@
+"""The `vent-bake` command line: argument handling and printing only; the work is elsewhere."""
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vent_bake import __version__, bake, config, example
+from vent_bake.errors import VentError
+
+cluster_option = click.option(
+    "-c", "--cluster", "cluster_file", type=click.Path(path_type=Path), default=Path("cluster.yaml"),
+    show_default=True, help="The cluster file.",
+)
+out_option = click.option("--out", type=click.Path(path_type=Path), help="Artifacts directory [default: artifacts/ beside the cluster file].")
+state_option = click.option("--state", type=click.Path(path_type=Path), help="State directory [default: .vent/ beside the cluster file].")
+
+
+class Group(click.Group):
+    """Report VentError as one line on stderr with its exit status, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VentError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group)
+@click.version_option(__version__, prog_name="vent-bake")
+def main():
+    """Render a Kubernetes-the-hard-way bootstrap for bare-metal spot machines, and launch it."""
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--controllers", type=click.IntRange(1, 99), default=3, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 100_000), default=2, show_default=True)
+@click.option("--name", default="vent", show_default=True, help="Cluster name.")
+@click.option("--force", is_flag=True, help="Overwrite an existing cluster file.")
+def init(directory: Path, controllers: int, workers: int, name: str, force: bool):
+    """Write DIRECTORY/cluster.yaml, a commented example that renders as it is."""
+    target = directory / "cluster.yaml"
+    if target.exists() and not force:
+        raise VentError(f"{target} already exists; pass --force to overwrite it")
+    try:
+        text = example.cluster_yaml(name, controllers, workers)
+    except ValueError as exc:
+        raise VentError(f"init: {exc}") from None
+    config.parse(text, "--name")  # the example must itself be valid (a bad --name fails here)
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    click.echo(f"wrote {target} ({controllers} controllers, {workers} workers)")
+
+
+@main.command()
+@cluster_option
+@out_option
+@state_option
+def render(cluster_file: Path, out: Path | None, state: Path | None):
+    """Render every certificate, kubeconfig, config and userdata into the artifacts directory."""
+    paths = bake.Paths.resolve(cluster_file, out, state)
+    result = bake.bake(paths)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    _report("issued", result.issued)
+    _report("dropped (no longer in the cluster file)", result.dropped)
+    status = "written" if result.artifacts_changed else "unchanged"
+    click.echo(f"artifacts {status}: {paths.out} ({len(result.bundle.nodes)} nodes)")
+
+
+def _report(what: str, names: list[str], limit: int = 20):
+    if not names:
+        return
+    if len(names) > limit:
+        click.echo(f"{what}: {len(names)} ({', '.join(names[:limit])}, ...)")
+    else:
+        click.echo(f"{what}: {', '.join(names)}")
+
+
+@main.command()
+def schema():
+    """Print the JSON Schema of the cluster file."""
+    click.echo(json.dumps(config.schema(), indent=2))

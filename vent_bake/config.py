@@ -1,0 +1,330 @@
+"""The cluster file: one validated model of cluster.yaml, and its loader.
+
+Shape and types are checked by the pydantic model; rules that span several fields (ranges
+that overlap, duplicate names, sizes) are checked afterwards by `check`, so that every error
+can name the exact field it is about.
+"""
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from vent_bake import lock
+from vent_bake.errors import ConfigError
+
+# The provider's private range: Packet/Equinix Metal routes 10.0.0.0/8 over its private
+# network, so neither pods nor services may live there.
+PROVIDER_PRIVATE = ipaddress.ip_network("10.0.0.0/8")
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+DNS_SERVICE_INDEX = 10  # CoreDNS sits at the tenth address of the service range, as in KTHW
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _hostname(value: str) -> str:
+    if not HOSTNAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid hostname (RFC 1123: lowercase letters, digits, '-' and '.',"
+            " each label 1-63 characters, starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _ipv4_network(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid IPv4 CIDR ({exc})") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r} is IPv6; only IPv4 ranges are supported")
+    return value
+
+
+def _ipv4_address(value: str) -> str:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid IPv4 address") from None
+    if addr.version != 4:
+        raise ValueError(f"{value!r} is IPv6; a node's reserved address is a public IPv4")
+    return value
+
+
+Hostname = Annotated[str, AfterValidator(_hostname)]
+CIDR = Annotated[str, AfterValidator(_ipv4_network)]
+IPv4 = Annotated[str, AfterValidator(_ipv4_address)]
+
+
+class Node(Strict):
+    """A machine of the cluster: its hostname and its reserved public IPv4 address."""
+
+    name: Hostname = Field(description="Hostname and Kubernetes node name (RFC 1123).")
+    address: IPv4 | None = Field(
+        None,
+        description="Reserved public IPv4 address. Leave it out when the provider reserves it"
+        " (`vent-bake reserve`).",
+    )
+
+
+class RoleSettings(Strict):
+    """How the provider runs the machines of one role."""
+
+    plan: str = Field("c3.small.x86", description="Device plan.")
+    spot: bool = Field(description="Run on the spot market.")
+    max_price: float | None = Field(
+        None, description="Highest spot price per hour (USD) to bid; required when spot is true."
+    )
+
+
+class Packet(Strict):
+    """Packet / Equinix Metal settings, used by reserve, launch, status and destroy."""
+
+    project: str = Field(description="Project ID (UUID).")
+    metro: str = Field(description="Metro code, e.g. da, sv, am.")
+    os: str = Field("debian_12", description="Operating system slug: debian_12, ubuntu_22_04, ubuntu_24_04.")
+    api_url: str = Field(
+        "https://api.equinix.com/metal/v1",
+        description="API base URL; METAL_API_URL overrides it.",
+    )
+    controllers: RoleSettings = Field(
+        RoleSettings(spot=False),
+        description="Controllers run on-demand by default: a reclaim wave must not take etcd's quorum.",
+    )
+    workers: RoleSettings = Field(RoleSettings(spot=True, max_price=0.5), description="Workers run on spot by default.")
+
+
+class Provider(Strict):
+    packet: Packet
+
+
+class Network(Strict):
+    pod_cidr: CIDR = Field("172.16.0.0/16", description="Pod range; each node gets one subnet of it.")
+    node_pod_prefix: int = Field(24, ge=16, le=28, description="Prefix length of each node's pod subnet.")
+    service_cidr: CIDR = Field("172.31.0.0/16", description="Service range (--service-cluster-ip-range).")
+    cluster_domain: Hostname = Field("cluster.local", description="Cluster DNS domain.")
+    api_endpoint: Hostname | None = Field(
+        None,
+        description="DNS name operators use to reach the API (added to the apiserver certificate)."
+        " Default: the first controller's address.",
+    )
+    api_port: int = Field(6443, ge=1, le=65535, description="Port of kube-apiserver on every controller.")
+    balancer_port: int = Field(
+        7443, ge=1, le=65535, description="Port of the local API balancer on 127.0.0.1 of every node."
+    )
+    admin_networks: list[CIDR] = Field(
+        ["0.0.0.0/0"],
+        description="Networks allowed to reach the API from outside the cluster (mutual TLS guards it too).",
+    )
+    ssh: bool = Field(False, description="Open SSH (22/tcp) in the host firewall.")
+
+
+class PKI(Strict):
+    key_algorithm: Literal["ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096"] = Field(
+        "ecdsa-p256", description="Key type of every key the cluster makes."
+    )
+    ca_days: int = Field(3650, ge=1, le=36500, description="Validity of the CAs, in days.")
+    leaf_days: int = Field(365, ge=1, le=36500, description="Validity of every other certificate, in days.")
+    encryption_provider: Literal["secretbox", "aescbc"] = Field(
+        "secretbox", description="How kube-apiserver encrypts Secrets at rest (EncryptionConfiguration)."
+    )
+
+
+class Versions(Strict):
+    kubernetes: str = Field("v1.32.8", description="Kubernetes version; must be in the binaries lock.")
+
+
+class Cluster(Strict):
+    """A Kubernetes-the-Hard-Way cluster on bare metal."""
+
+    name: Hostname = Field(description="Cluster name: the kubeconfig cluster name and the provider tag.")
+    arch: Literal["amd64", "arm64"] = "amd64"
+    versions: Versions = Versions()
+    provider: Provider | None = Field(None, description="Leave out to render without a provider.")
+    network: Network = Network()
+    pki: PKI = PKI()
+    mirror: str | None = Field(None, description="Base URL that replaces the official download hosts.")
+    controllers: list[Node]
+    workers: list[Node] = []
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [*self.controllers, *self.workers]
+
+    def role(self, node: Node) -> str:
+        return "controller" if node in self.controllers else "worker"
+
+
+def schema() -> dict:
+    return Cluster.model_json_schema()
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; an operator would rather hear about it."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _problem(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown setting; remove it or check its spelling (`vent-bake schema` lists them all)"
+    if kind == "missing":
+        return "required setting is missing"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    return f"{msg[0].lower()}{msg[1:]} (got {err['input']!r})" if "input" in err else msg
+
+
+def parse(text: str, source: str) -> Cluster:
+    """Parse and validate a cluster file's text; raise ConfigError naming the field."""
+    if not text.strip():
+        raise ConfigError(source, "", "the file is empty; `vent-bake init` writes a commented example")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"must be a mapping of settings, not a {type(data).__name__}")
+    try:
+        cluster = Cluster.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(source, _field_path(err["loc"]), _problem(err)) from None
+    for path, problem in check(cluster):
+        raise ConfigError(source, path, problem)
+    return cluster
+
+
+def load(path: Path) -> Cluster:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "no such file; `vent-bake init` writes an example there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read it ({exc})") from None
+    return parse(text, str(path))
+
+
+# --- rules across fields ---------------------------------------------------------------------
+
+
+def check(c: Cluster):
+    """Yield (field path, problem) for every rule the cluster breaks, most basic first."""
+    if not c.controllers:
+        yield "controllers", "at least one controller is needed (three for a highly available etcd)"
+    if c.versions.kubernetes not in lock.kubernetes_versions():
+        known = ", ".join(lock.kubernetes_versions())
+        yield "versions.kubernetes", (
+            f"{c.versions.kubernetes} is not in the binaries lock (known: {known});"
+            " pick one of those or add it with `vent-bake lock`"
+        )
+    yield from _check_nodes(c)
+    yield from _check_ranges(c)
+    if c.provider:
+        for role in ("controllers", "workers"):
+            settings = getattr(c.provider.packet, role)
+            where = f"provider.packet.{role}.max_price"
+            if settings.max_price is not None and settings.max_price <= 0:
+                yield where, f"must be a positive price per hour, got {settings.max_price}"
+            elif settings.spot and settings.max_price is None:
+                yield where, "spot machines need a maximum price per hour"
+
+
+def _check_nodes(c: Cluster):
+    names: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    for role in ("controllers", "workers"):
+        for i, node in enumerate(getattr(c, role)):
+            where = f"{role}[{i}]"
+            if node.name in names:
+                yield f"{where}.name", f"{node.name!r} is already the name of {names[node.name]}"
+            names.setdefault(node.name, where)
+            if node.address is None:
+                if c.provider is None:
+                    yield f"{where}.address", (
+                        "required: without a provider to reserve one, every node needs its address"
+                    )
+                continue
+            if node.address in addresses:
+                yield f"{where}.address", f"{node.address} is already the address of {addresses[node.address]}"
+            addresses.setdefault(node.address, where)
+            if ipaddress.ip_address(node.address) in PROVIDER_PRIVATE:
+                yield f"{where}.address", (
+                    f"{node.address} is in the provider's private range 10.0.0.0/8;"
+                    " a node's identity is a reserved public address"
+                )
+
+
+def _check_ranges(c: Cluster):
+    n = c.network
+    pods, services = ipaddress.ip_network(n.pod_cidr), ipaddress.ip_network(n.service_cidr)
+    for field, net in (("pod_cidr", pods), ("service_cidr", services)):
+        if net.overlaps(PROVIDER_PRIVATE):
+            yield f"network.{field}", (
+                f"{net} overlaps the provider's private range 10.0.0.0/8; pick a range outside it"
+            )
+    if pods.overlaps(services):
+        yield "network.service_cidr", f"{services} overlaps the pod range {pods}"
+    if services.num_addresses < 16:
+        yield "network.service_cidr", (
+            f"{services} is too small: the DNS service needs its tenth address; use a /28 or larger"
+        )
+    if services.prefixlen < 12:
+        yield "network.service_cidr", f"{services} is larger than Kubernetes allows for services (/12 at most)"
+    if n.node_pod_prefix <= pods.prefixlen:
+        yield "network.node_pod_prefix", (
+            f"/{n.node_pod_prefix} must be longer than the pod range's /{pods.prefixlen}"
+        )
+    else:
+        room = 2 ** (n.node_pod_prefix - pods.prefixlen)
+        if room < len(c.nodes):
+            need = n.node_pod_prefix - (len(c.nodes) - 1).bit_length()
+            yield "network.pod_cidr", (
+                f"{pods} holds {room} node subnets of /{n.node_pod_prefix} but the cluster has"
+                f" {len(c.nodes)} nodes; use a /{need} or larger"
+            )
+    for field in ("controllers", "workers"):
+        for i, node in enumerate(getattr(c, field)):
+            if node.address is None:
+                continue
+            addr = ipaddress.ip_address(node.address)
+            for name, net in (("pod", pods), ("service", services)):
+                if addr in net:
+                    yield f"{field}[{i}].address", f"{addr} is inside the {name} range {net}"
+
+
+def warnings(c: Cluster) -> list[str]:
+    if len(c.controllers) % 2 == 0:
+        return [
+            f"controllers: {len(c.controllers)} controllers tolerate no more failures than"
+            f" {len(c.controllers) - 1}; etcd quorum prefers an odd count"
+        ]
+    return []

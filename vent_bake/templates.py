@@ -1,0 +1,34 @@
+"""The template files: cloudinit/, units/, manifests/ and configs/ at the top of the repository.
+
+A wheel carries them under vent_bake/templates/ (see pyproject.toml); a source checkout reads
+them where they are. Values are quoted by the templates themselves (`tojson` yields a valid
+YAML double-quoted scalar); Python only passes values.
+"""
+
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+_PACKAGE = Path(__file__).parent
+
+
+def root() -> Path:
+    shipped = _PACKAGE / "templates"
+    return shipped if shipped.is_dir() else _PACKAGE.parent
+
+
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(root()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, **values) -> str:
+    return _env().get_template(template).render(**values)
