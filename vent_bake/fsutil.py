@@ -12,12 +12,18 @@ from pathlib import Path
 def read_tree(root: Path) -> dict[str, bytes]:
     """Every regular file below root, by its path relative to root ('/'-separated)."""
     out: dict[str, bytes] = {}
-    if not root.is_dir():
-        return out
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath, name)
-            out[path.relative_to(root).as_posix()] = path.read_bytes()
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file(follow_symlinks=False):
+                    with open(entry.path, "rb") as fh:
+                        out[prefix + entry.name] = fh.read()
+
+    if os.path.isdir(root):
+        walk(os.fspath(root), "")
     return out
 
 

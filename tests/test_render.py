@@ -1,0 +1,163 @@
+"""Render is deterministic, minimal in what it changes, atomic, and leaves no secret in artifacts/."""
+
+import base64
+import os
+import stat
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from conftest import cli, render
+from vent_bake import fsutil
+from vent_bake.state import State
+
+
+def tree(path):
+    return fsutil.read_tree(path)
+
+
+def diff(before: dict, after: dict) -> set[str]:
+    return {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+
+
+def test_rerender_changes_nothing(fresh):
+    artifacts, state = tree(fresh / "artifacts"), tree(fresh / ".vent")
+    mtime = os.stat(fresh / "artifacts").st_mtime_ns
+    result = render(fresh / "cluster.yaml")
+    assert "issued" not in result.stdout and "artifacts unchanged" in result.stdout
+    assert tree(fresh / "artifacts") == artifacts and tree(fresh / ".vent") == state
+    assert os.stat(fresh / "artifacts").st_mtime_ns == mtime
+
+
+def test_render_from_a_fresh_state_has_the_same_shape(rendered, tmp_path):
+    (tmp_path / "cluster.yaml").write_text((rendered / "cluster.yaml").read_text())
+    render(tmp_path / "cluster.yaml")
+    assert tree(tmp_path / "artifacts").keys() == tree(rendered / "artifacts").keys()
+
+
+def add_worker(cluster_file):
+    text = cluster_file.read_text()
+    cluster_file.write_text(text + "  - name: worker-2\n    address: 198.18.1.12\n")
+
+
+def test_adding_a_worker_adds_only_its_files(fresh):
+    before_a, before_s = tree(fresh / "artifacts"), tree(fresh / ".vent")
+    add_worker(fresh / "cluster.yaml")
+    result = render(fresh / "cluster.yaml")
+    assert "issued: nodes/worker-2\n" in result.stdout
+    changed = diff(before_a, tree(fresh / "artifacts"))
+    assert changed and all(p.startswith("nodes/worker-2/") or p == "pki/nodes/worker-2.crt" for p in changed)
+    assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key"}
+
+
+def test_moving_a_controller_reissues_exactly_what_names_it(fresh):
+    cluster = fresh / "cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("198.18.0.11", "198.18.0.99"))
+    result = render(cluster)
+    issued = result.stdout.split("issued: ")[1].splitlines()[0].split(", ")
+    assert sorted(issued) == ["etcd/controller-1-peer", "etcd/controller-1-server", "kube-apiserver", "nodes/controller-1"]
+
+
+def test_removing_a_worker_drops_its_credentials(fresh):
+    cluster = fresh / "cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("  - name: worker-1\n    address: 198.18.1.11\n", ""))
+    result = render(cluster)
+    assert "dropped (no longer in the cluster file): nodes/worker-1" in result.stdout
+    assert not (fresh / "artifacts/nodes/worker-1").exists()
+    assert not (fresh / ".vent/pki/nodes/worker-1.key").exists()
+
+
+def test_changing_the_key_algorithm_reissues_everything(fresh):
+    cluster = fresh / "cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("ecdsa-p256", "rsa-2048"))
+    result = render(cluster)
+    assert "issued: 21 (ca, etcd-ca," in result.stdout  # 20 certificates and the service-account key
+
+
+def test_invalid_cluster_file_leaves_everything_as_it_was(fresh):
+    artifacts, state = tree(fresh / "artifacts"), tree(fresh / ".vent")
+    (fresh / "cluster.yaml").write_text((fresh / "cluster.yaml").read_text().replace("172.31.0.0/16", "10.32.0.0/24"))
+    assert cli("render", "-c", fresh / "cluster.yaml").exit_code == 2
+    assert tree(fresh / "artifacts") == artifacts and tree(fresh / ".vent") == state
+
+
+def test_failure_while_writing_leaves_the_previous_artifacts(fresh, monkeypatch):
+    artifacts = tree(fresh / "artifacts")
+    add_worker(fresh / "cluster.yaml")
+    real_open, calls = os.open, []
+
+    def failing_open(path, flags, mode=0o777, **kw):
+        if "artifacts.new" in str(path):
+            calls.append(path)
+            if len(calls) == 10:
+                raise OSError(28, "No space left on device")
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", failing_open)
+    result = cli("render", "-c", fresh / "cluster.yaml")
+    assert result.exit_code == 1
+    assert "the previous artifacts are unchanged" in result.stderr and result.stderr.count("\n") == 1
+    assert tree(fresh / "artifacts") == artifacts
+    assert sorted(os.listdir(fresh)) == [".vent", "artifacts", "cluster.yaml"]  # no staging left behind
+
+
+def test_operator_files_in_artifacts_are_kept(fresh):
+    (fresh / "artifacts/.gitattributes").write_text("* -diff\n")
+    add_worker(fresh / "cluster.yaml")
+    render(fresh / "cluster.yaml")
+    assert (fresh / "artifacts/.gitattributes").read_text() == "* -diff\n"
+
+
+def test_state_is_private(rendered):
+    root = rendered / ".vent"
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+    for dirpath, dirs, files in os.walk(root):
+        for d in dirs:
+            assert stat.S_IMODE(os.stat(os.path.join(dirpath, d)).st_mode) == 0o700
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(dirpath, f)).st_mode) == 0o600
+
+
+def secret_encodings(state: State) -> dict[str, list[bytes]]:
+    """Every form in which a secret of the state could leak into a file."""
+    out = {}
+    for name, value in state.files.items():
+        if name.startswith("pki/") and name.endswith(".key"):
+            key = serialization.load_pem_private_key(value, None)
+            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            raw = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+            out[name] = [value, base64.b64encode(value), base64.b64encode(der)[:64], base64.b64encode(raw)[:64], der.hex().encode()[:64]]
+        elif name.startswith("secrets/"):
+            out[name] = [value, base64.b64decode(value).hex().encode()]
+    return out
+
+
+def test_no_secret_in_artifacts_in_any_encoding(rendered, state):
+    files = tree(rendered / "artifacts")
+    leaks = secret_encodings(state)
+    assert len(leaks) == 22  # 20 certificate keys, the service-account key, the encryption key
+    for path, data in files.items():
+        assert b"PRIVATE KEY" not in data, path
+        for name, forms in leaks.items():
+            for form in forms:
+                assert form not in data, f"{name} leaks into {path}"
+
+
+def test_artifacts_layout(rendered):
+    files = tree(rendered / "artifacts")
+    worker = {p.removeprefix("nodes/worker-0/files") for p in files if p.startswith("nodes/worker-0/")}
+    assert worker == {
+        "/var/lib/kubernetes/pki/ca.crt", "/var/lib/kubelet/kubelet.crt", "/var/lib/kubelet/kubelet.key",
+        "/var/lib/kubelet/kubeconfig", "/var/lib/kube-proxy/kubeconfig",
+    }
+    controller = {p.removeprefix("nodes/controller-0/files") for p in files if p.startswith("nodes/controller-0/")}
+    assert worker < controller
+    assert {"/etc/etcd/server.key", "/etc/etcd/peer.crt", "/var/lib/kubernetes/encryption-config.yaml",
+            "/var/lib/kubernetes/pki/ca.key", "/var/lib/kubernetes/pki/service-accounts.key"} <= controller
+
+
+@pytest.mark.parametrize("bad", ["artifacts", "state"])
+def test_out_and_state_must_not_nest(fresh, bad):
+    args = ["--out", fresh / ".vent" / "a"] if bad == "artifacts" else ["--state", fresh / "artifacts" / "s"]
+    result = cli("render", "-c", fresh / "cluster.yaml", *args)
+    assert result.exit_code == 1 and "must not contain each other" in result.stderr
