@@ -12,27 +12,48 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from kubernetes import client, config as kube_config
 
-from vent_bake import secrets
+from vent_bake import fsutil, secrets
 from vent_bake.state import State
 
 # kubeconfig (under artifacts/) -> (user, server)
 LOCAL_API, BALANCER = "https://127.0.0.1:6443", "https://127.0.0.1:7443"
 KUBECONFIGS = {
     "admin.kubeconfig": ("admin", "https://198.18.0.10:6443"),
+    "nodes/controller-0/files/var/lib/kubernetes/admin.kubeconfig": ("admin", LOCAL_API),
     "nodes/controller-0/files/var/lib/kubernetes/kube-controller-manager.kubeconfig": ("system:kube-controller-manager", LOCAL_API),
     "nodes/controller-0/files/var/lib/kubernetes/kube-scheduler.kubeconfig": ("system:kube-scheduler", LOCAL_API),
     "nodes/worker-1/files/var/lib/kube-proxy/kubeconfig": ("system:kube-proxy", BALANCER),
+    "nodes/worker-1/files/var/lib/flannel/kubeconfig": ("vent:flannel", BALANCER),
     "nodes/worker-1/files/var/lib/kubelet/kubeconfig": ("system:node:worker-1", BALANCER),
     "nodes/controller-2/files/var/lib/kubelet/kubeconfig": ("system:node:controller-2", BALANCER),
 }
+FILE_KEYS = ("certificate-authority", "client-certificate", "client-key")
 
 
 def revealed(rendered: Path, rel: str, tmp_path: Path) -> Path:
+    """The kubeconfig as its user gets it. A node's kubeconfig names files on the node: the
+    node's files are revealed under tmp_path, and the names pointed there."""
     state = State.load(rendered / ".vent")
     text = (rendered / "artifacts" / rel).read_text()
-    assert len(secrets.markers(text)) == 1, "the client key is the kubeconfig's only secret"
+    if not rel.startswith("nodes/"):
+        assert len(secrets.markers(text)) == 1, "the client key is the kubeconfig's only secret"
+        path = tmp_path / "kubeconfig"
+        path.write_text(secrets.reveal(text, state.secret, rel))
+        return path
+    assert not secrets.markers(text), "a node's kubeconfig holds no secret: it names the key file"
+    node_root = rendered / "artifacts" / "/".join(rel.split("/")[:3])
+    for name, data in fsutil.read_tree(node_root).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(secrets.reveal(data.decode(), state.secret, name))
+    doc = yaml.safe_load(text)
+    for section in ("cluster", "user"):
+        entry = doc[f"{section}s"][0][section]
+        for key in FILE_KEYS:
+            if key in entry:
+                assert (tmp_path / entry[key].lstrip("/")).is_file(), f"{entry[key]} is not among the node's files"
+                entry[key] = str(tmp_path / entry[key].lstrip("/"))
     path = tmp_path / "kubeconfig"
-    path.write_text(secrets.reveal(text, state.secret, rel))
+    path.write_text(yaml.safe_dump(doc))
     return path
 
 

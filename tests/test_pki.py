@@ -23,6 +23,7 @@ EXPECTED = {
     "kube-controller-manager": ("ca", "O=system:kube-controller-manager, CN=system:kube-controller-manager", ["sslclient"], ["sslserver"], [], []),
     "kube-scheduler": ("ca", "O=system:kube-scheduler, CN=system:kube-scheduler", ["sslclient"], ["sslserver"], [], []),
     "kube-proxy": ("ca", "O=system:node-proxier, CN=system:kube-proxy", ["sslclient"], ["sslserver"], [], []),
+    "flannel": ("ca", "CN=vent:flannel", ["sslclient"], ["sslserver"], [], []),
     "kube-apiserver": ("ca", "CN=kubernetes", ["sslserver"], ["sslclient"], ["127.0.0.1", "172.31.0.1", *CONTROLLERS.values()], APISERVER_DNS),
     "apiserver-kubelet-client": ("ca", "CN=kubernetes", ["sslclient"], ["sslserver"], [], []),
     "apiserver-etcd-client": ("etcd-ca", "CN=kube-apiserver-etcd-client", ["sslclient"], ["sslserver"], [], []),

@@ -71,7 +71,7 @@ def test_changing_the_key_algorithm_reissues_everything(fresh):
     cluster = fresh / "cluster.yaml"
     cluster.write_text(cluster.read_text().replace("ecdsa-p256", "rsa-2048"))
     result = render(cluster)
-    assert "issued: 21 (ca, etcd-ca," in result.stdout  # 20 certificates and the service-account key
+    assert "issued: 22 (ca, etcd-ca," in result.stdout  # 21 certificates and the service-account key
 
 
 def test_invalid_cluster_file_leaves_everything_as_it_was(fresh):
@@ -135,7 +135,7 @@ def secret_encodings(state: State) -> dict[str, list[bytes]]:
 def test_no_secret_in_artifacts_in_any_encoding(rendered, state):
     files = tree(rendered / "artifacts")
     leaks = secret_encodings(state)
-    assert len(leaks) == 22  # 20 certificate keys, the service-account key, the encryption key
+    assert len(leaks) == 23  # 21 certificate keys, the service-account key, the encryption key
     for path, data in files.items():
         assert b"PRIVATE KEY" not in data, path
         for name, forms in leaks.items():
@@ -145,15 +145,21 @@ def test_no_secret_in_artifacts_in_any_encoding(rendered, state):
 
 def test_artifacts_layout(rendered):
     files = tree(rendered / "artifacts")
-    worker = {p.removeprefix("nodes/worker-0/files") for p in files if p.startswith("nodes/worker-0/")}
-    assert worker == {
-        "/var/lib/kubernetes/pki/ca.crt", "/var/lib/kubelet/kubelet.crt", "/var/lib/kubelet/kubelet.key",
-        "/var/lib/kubelet/kubeconfig", "/var/lib/kube-proxy/kubeconfig",
+    assert "nodes/worker-0/userdata" in files and "admin.kubeconfig" in files
+    worker = {p.removeprefix("nodes/worker-0/files") for p in files if p.startswith("nodes/worker-0/files/")}
+    credentials = {p for p in worker if p.endswith((".crt", ".key", "kubeconfig"))}
+    assert credentials == {
+        "/var/lib/kubernetes/pki/ca.crt",
+        "/var/lib/kubelet/kubelet.crt", "/var/lib/kubelet/kubelet.key", "/var/lib/kubelet/kubeconfig",
+        "/var/lib/kube-proxy/kube-proxy.crt", "/var/lib/kube-proxy/kube-proxy.key", "/var/lib/kube-proxy/kubeconfig",
+        "/var/lib/flannel/flannel.crt", "/var/lib/flannel/flannel.key", "/var/lib/flannel/kubeconfig",
     }
-    controller = {p.removeprefix("nodes/controller-0/files") for p in files if p.startswith("nodes/controller-0/")}
-    assert worker < controller
+    assert {"/usr/local/lib/vent/boot", "/etc/vent/downloads.tsv", "/etc/systemd/system/kubelet.service"} <= worker
+    controller = {p.removeprefix("nodes/controller-1/files") for p in files if p.startswith("nodes/controller-1/files/")}
+    assert worker - {"/etc/vent/downloads.tsv"} < controller
     assert {"/etc/etcd/server.key", "/etc/etcd/peer.crt", "/var/lib/kubernetes/encryption-config.yaml",
             "/var/lib/kubernetes/pki/ca.key", "/var/lib/kubernetes/pki/service-accounts.key"} <= controller
+    assert not any(p.startswith("/etc/vent/addons/") for p in controller), "only the first controller applies add-ons"
 
 
 @pytest.mark.parametrize("bad", ["artifacts", "state"])

@@ -9,7 +9,7 @@ stay and their markers no longer match, so `launch` refuses them until a render 
 from dataclasses import dataclass
 from pathlib import Path
 
-from vent_bake import certs, config, fsutil, render, secrets
+from vent_bake import certs, config, fsutil, render, secrets, userdata
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.state import ADMIN_KUBECONFIG, State
@@ -42,6 +42,7 @@ class Result:
     dropped: list[str]
     artifacts_changed: bool
     warnings: list[str]
+    sizes: dict[str, int]  # bytes of each node's revealed userdata
 
 
 def load(paths: Paths) -> tuple[Cluster, State]:
@@ -55,9 +56,22 @@ def bake(paths: Paths) -> Result:
         issued.append("encryption key")
     bundle = render.render(cluster, state)
     state.put(ADMIN_KUBECONFIG, reveal(bundle.shared["admin.kubeconfig"].content, state, "admin.kubeconfig").encode())
+    sizes = {host: len(reveal(nb.userdata, state, host).encode()) for host, nb in bundle.nodes.items()}
     state.save()
     changed = write_artifacts(paths.out, bundle.tree())
-    return Result(cluster, bundle, issued, dropped, changed, config.warnings(cluster))
+    return Result(cluster, bundle, issued, dropped, changed, config.warnings(cluster), sizes)
+
+
+def reviewed_userdata(paths: Paths, node: str) -> str:
+    try:
+        return (paths.out / "nodes" / node / "userdata").read_text()
+    except FileNotFoundError:
+        raise VentError(f"{paths.out}: no userdata for node {node!r}; run `vent-bake render` first") from None
+
+
+def revealed_userdata(paths: Paths, node: str) -> str:
+    """The bootable userdata: the reviewed file with every marker checked and filled in."""
+    return reveal(reviewed_userdata(paths, node), State.load(paths.state), f"{paths.out}/nodes/{node}/userdata")
 
 
 def reveal(text: str, state: State, where: str) -> str:

@@ -17,6 +17,7 @@ from vent_bake.state import State
 
 CLUSTER_CA = "ca"
 ETCD_CA = "etcd-ca"  # etcd trusts only its own CA: no cluster-CA certificate opens etcd
+FLANNEL_USER = "vent:flannel"  # bound to the ClusterRole of the same name (manifests/flannel.yaml)
 
 
 def node_cert(host: str) -> str:
@@ -54,6 +55,7 @@ def plan(cluster: Cluster, addresses: dict[str, str]) -> list[CertSpec]:
         CertSpec("kube-controller-manager", "system:kube-controller-manager", "system:kube-controller-manager", client=True),
         CertSpec("kube-scheduler", "system:kube-scheduler", "system:kube-scheduler", client=True),
         CertSpec("kube-proxy", "system:kube-proxy", "system:node-proxier", client=True),
+        CertSpec("flannel", FLANNEL_USER, client=True),
         CertSpec(
             "kube-apiserver", "kubernetes", server=True, dns=apiserver_names(cluster),
             ips=("127.0.0.1", service_ip(cluster, 1), *ctl_ips),

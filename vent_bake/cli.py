@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vent_bake import __version__, bake, config, example
+from vent_bake import __version__, bake, config, example, userdata
 from vent_bake.errors import VentError
 
 cluster_option = click.option(
@@ -67,6 +67,11 @@ def render(cluster_file: Path, out: Path | None, state: Path | None):
         click.echo(f"warning: {warning}", err=True)
     _report("issued", result.issued)
     _report("dropped (no longer in the cluster file)", result.dropped)
+    for host, size in result.sizes.items():
+        role = result.bundle.nodes[host].role
+        budget = userdata.BUDGET[role]
+        over = f"  OVER its {budget // 1024} KiB budget" if size > budget else ""
+        click.echo(f"  {host:<24} {role:<10} userdata {size / 1024:6.1f} KiB{over}")
     status = "written" if result.artifacts_changed else "unchanged"
     click.echo(f"artifacts {status}: {paths.out} ({len(result.bundle.nodes)} nodes)")
 
@@ -78,6 +83,19 @@ def _report(what: str, names: list[str], limit: int = 20):
         click.echo(f"{what}: {len(names)} ({', '.join(names[:limit])}, ...)")
     else:
         click.echo(f"{what}: {', '.join(names)}")
+
+
+@main.command("userdata")
+@click.argument("node")
+@cluster_option
+@out_option
+@state_option
+@click.option("--reveal", is_flag=True, help="Fill in the secrets: the exact userdata that boots the node.")
+def userdata_command(node: str, cluster_file: Path, out: Path | None, state: Path | None, reveal: bool):
+    """Print NODE's userdata as reviewed in the artifacts, or, with --reveal, as it boots."""
+    paths = bake.Paths.resolve(cluster_file, out, state)
+    text = bake.revealed_userdata(paths, node) if reveal else bake.reviewed_userdata(paths, node)
+    click.echo(text, nl=False)
 
 
 @main.command()

@@ -2,53 +2,22 @@
 
 Nothing here reads or writes disk or network; the CLI does I/O before and after. Secrets
 appear only as markers (vent_bake.secrets), so the bundle is safe to commit and review.
+
+    render()  ->  credentials (PKI files, kubeconfigs)  ->  components (units, configs,
+                  scripts, add-ons)  ->  userdata (one cloud-config per node)
 """
 
 import base64
-from dataclasses import dataclass, field
+import ipaddress
 from functools import cached_property
 
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import certs, pki, secrets, templates
+from vent_bake import certs, components, credentials, lock, pki, secrets, templates, userdata
+from vent_bake.bundle import Bundle, File, NodeBundle
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import StateError
-from vent_bake.state import ENCRYPTION_KEY, State
-
-KUBE = "/var/lib/kubernetes"
-KUBELET = "/var/lib/kubelet"
-ETCD = "/etc/etcd"
-
-
-@dataclass(frozen=True)
-class File:
-    content: str
-    mode: int = 0o644
-
-    @property
-    def secret(self) -> bool:
-        return bool(secrets.markers(self.content))
-
-
-@dataclass
-class NodeBundle:
-    node: Node
-    role: str
-    files: dict[str, File] = field(default_factory=dict)  # absolute path on the node -> file
-
-
-@dataclass
-class Bundle:
-    shared: dict[str, File]  # path in the artifacts tree -> file
-    nodes: dict[str, NodeBundle]
-
-    def tree(self) -> dict[str, bytes]:
-        """The artifacts directory: shared files, and each node's files under nodes/<host>/files/."""
-        out = {path: f.content.encode() for path, f in self.shared.items()}
-        for host, nb in self.nodes.items():
-            for path, f in nb.files.items():
-                out[f"nodes/{host}/files{path}"] = f.content.encode()
-        return out
+from vent_bake.state import State
 
 
 def addresses(cluster: Cluster, state: State) -> dict[str, str]:
@@ -66,43 +35,81 @@ def addresses(cluster: Cluster, state: State) -> dict[str, str]:
 
 
 class Context:
-    """What every step of the render reads: the cluster, the state and the nodes' addresses."""
+    """What every step of the render reads: the cluster, the state, the nodes' addresses, and
+    the values that every node's templates share."""
 
     def __init__(self, cluster: Cluster, state: State):
         self.cluster, self.state = cluster, state
         self.addresses = addresses(cluster, state)
         self._kubeconfigs: dict[tuple, File] = {}
 
+    # --- the state's secrets and certificates, as the bundle shows them
+
+    def cert(self, name: str) -> str:
+        return self.state.secret(certs.crt_path(name)).decode()
+
+    def secret(self, path: str, enc: str = "raw") -> str:
+        return secrets.marker(path, self.state.secret(path), enc)
+
+    def key(self, name: str, enc: str = "raw") -> str:
+        return self.secret(certs.key_path(name), enc)
+
     @cached_property
     def service_account_public(self) -> str:
         key = serialization.load_pem_private_key(self.state.secret(certs.SERVICE_ACCOUNT_KEY), None)
         return pki.public_pem(key).decode()
 
-    def cert(self, name: str) -> str:
-        return self.state.secret(certs.crt_path(name)).decode()
+    def kubeconfig(self, name: str, user: str, server: str, files: tuple[str, str, str] | None = None) -> File:
+        """A kubeconfig for certificate `name`: embedded, or naming the (ca, cert, key) files."""
+        memo = (name, server, files)
+        if memo not in self._kubeconfigs:
+            values = dict(cluster=self.cluster.name, server=server, user=user, embed=files is None)
+            if files is None:
+                values.update(ca_data=_b64(self.cert(certs.CLUSTER_CA)), cert_data=_b64(self.cert(name)), key_data=self.key(name, "b64"))
+            else:
+                values.update(zip(("ca_file", "cert_file", "key_file"), files))
+            content = templates.render("configs/kubeconfig.yaml", **values)
+            self._kubeconfigs[memo] = File(content, 0o600 if files is None else 0o644)
+        return self._kubeconfigs[memo]
 
-    def key(self, name: str, enc: str = "raw") -> str:
-        path = certs.key_path(name)
-        return secrets.marker(path, self.state.secret(path), enc)
+    # --- values every node's templates share
 
-    def kubeconfig(self, name: str, user: str, server: str) -> File:
-        """A kubeconfig with certificates embedded (kube-proxy's is the same on every node)."""
-        if (name, server) in self._kubeconfigs:
-            return self._kubeconfigs[name, server]
-        content = templates.render(
-            "configs/kubeconfig.yaml",
-            cluster=self.cluster.name,
-            server=server,
-            user=user,
-            ca_data=_b64(self.cert(certs.CLUSTER_CA)),
-            cert_data=_b64(self.cert(name)),
-            key_data=self.key(name, "b64"),
-        )
-        self._kubeconfigs[name, server] = File(content, 0o600)
-        return self._kubeconfigs[name, server]
-
-    def api_url(self, host: str, port: int) -> str:
+    @staticmethod
+    def url(host: str, port: int) -> str:
         return f"https://{host}:{port}"
+
+    @cached_property
+    def api_url(self) -> str:
+        """Where operators reach the API: the endpoint name, or the first controller."""
+        net = self.cluster.network
+        return self.url(net.api_endpoint or self.addresses[self.cluster.controllers[0].name], net.api_port)
+
+    @cached_property
+    def shared_values(self) -> dict:
+        c, net = self.cluster, self.cluster.network
+        controllers = [(n.name, self.addresses[n.name]) for n in c.controllers]
+        admin_and_nodes = [*net.admin_networks, *(f"{a}/32" for a in self.addresses.values())]
+        return dict(
+            cluster=c,
+            net=net,
+            controllers=controllers,
+            etcd_servers=",".join(f"https://{a}:2379" for _, a in controllers),
+            etcd_initial_cluster=",".join(f"{n}=https://{a}:2380" for n, a in controllers),
+            api_url=self.api_url,
+            balancer=f"127.0.0.1:{net.balancer_port}",
+            dns_ip=certs.dns_ip(c),
+            cluster_domain=net.cluster_domain,
+            # nftables refuses overlapping intervals in one set
+            api_clients=[str(n) for n in ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in admin_and_nodes)],
+            flannel_user=certs.FLANNEL_USER,
+            images=lock.components(c.versions.kubernetes)["images"],
+            coredns_image=lock.components(c.versions.kubernetes)["images"]["coredns"],
+        )
+
+    def node_values(self, node: Node) -> dict:
+        role = self.cluster.role(node)
+        return dict(self.shared_values, node=node, role=role, address=self.addresses[node.name],
+                    first_controller=node == self.cluster.controllers[0])
 
 
 def _b64(text: str) -> str:
@@ -111,11 +118,8 @@ def _b64(text: str) -> str:
 
 def render(cluster: Cluster, state: State) -> Bundle:
     ctx = Context(cluster, state)
-    net = cluster.network
-    first = cluster.controllers[0]
-    admin_host = net.api_endpoint or ctx.addresses[first.name]
     shared = {
-        "admin.kubeconfig": ctx.kubeconfig("admin", "admin", ctx.api_url(admin_host, net.api_port)),
+        "admin.kubeconfig": ctx.kubeconfig("admin", "admin", ctx.api_url),
         "pki/service-accounts.pub": File(ctx.service_account_public),
     }
     for spec in certs.plan(cluster, ctx.addresses):
@@ -123,55 +127,8 @@ def render(cluster: Cluster, state: State) -> Bundle:
     nodes = {}
     for node in cluster.nodes:
         nb = NodeBundle(node, cluster.role(node))
-        nb.files.update(node_credentials(ctx, node))
-        if nb.role == "controller":
-            nb.files.update(controller_credentials(ctx, node))
+        nb.files.update(credentials.files(ctx, node))
+        nb.files.update(components.files(ctx, node))
+        nb.userdata = userdata.render(ctx, nb)
         nodes[node.name] = nb
     return Bundle(shared, nodes)
-
-
-def node_credentials(ctx: Context, node: Node) -> dict[str, File]:
-    """What every node holds: the cluster CA, its own kubelet identity and kube-proxy's."""
-    local_api = ctx.api_url("127.0.0.1", ctx.cluster.network.balancer_port)
-    name = certs.node_cert(node.name)
-    return {
-        f"{KUBE}/pki/ca.crt": File(ctx.cert(certs.CLUSTER_CA)),
-        f"{KUBELET}/kubelet.crt": File(ctx.cert(name)),
-        f"{KUBELET}/kubelet.key": File(ctx.key(name), 0o600),
-        f"{KUBELET}/kubeconfig": ctx.kubeconfig(name, f"system:node:{node.name}", local_api),
-        "/var/lib/kube-proxy/kubeconfig": ctx.kubeconfig("kube-proxy", "system:kube-proxy", local_api),
-    }
-
-
-def controller_credentials(ctx: Context, node: Node) -> dict[str, File]:
-    """Controller-only secrets: the CA keys, apiserver and etcd credentials, the encryption key."""
-    local_api = ctx.api_url("127.0.0.1", ctx.cluster.network.api_port)
-    files = {
-        f"{KUBE}/pki/ca.key": File(ctx.key(certs.CLUSTER_CA), 0o600),
-        f"{KUBE}/pki/etcd-ca.crt": File(ctx.cert(certs.ETCD_CA)),
-        f"{KUBE}/pki/service-accounts.key": File(
-            secrets.marker(certs.SERVICE_ACCOUNT_KEY, ctx.state.secret(certs.SERVICE_ACCOUNT_KEY)), 0o600
-        ),
-        f"{KUBE}/pki/service-accounts.pub": File(ctx.service_account_public),
-        f"{KUBE}/encryption-config.yaml": File(
-            templates.render(
-                "configs/encryption-config.yaml",
-                provider=ctx.cluster.pki.encryption_provider,
-                secret=secrets.marker(ENCRYPTION_KEY, ctx.state.secret(ENCRYPTION_KEY)),
-            ),
-            0o600,
-        ),
-        f"{KUBE}/kube-controller-manager.kubeconfig": ctx.kubeconfig(
-            "kube-controller-manager", "system:kube-controller-manager", local_api
-        ),
-        f"{KUBE}/kube-scheduler.kubeconfig": ctx.kubeconfig("kube-scheduler", "system:kube-scheduler", local_api),
-        f"{ETCD}/ca.crt": File(ctx.cert(certs.ETCD_CA)),
-    }
-    for name in ("kube-apiserver", "apiserver-kubelet-client", "apiserver-etcd-client"):
-        files[f"{KUBE}/pki/{name}.crt"] = File(ctx.cert(name))
-        files[f"{KUBE}/pki/{name}.key"] = File(ctx.key(name), 0o600)
-    for kind in ("server", "peer"):
-        name = certs.etcd_cert(node.name, kind)
-        files[f"{ETCD}/{kind}.crt"] = File(ctx.cert(name))
-        files[f"{ETCD}/{kind}.key"] = File(ctx.key(name), 0o600)
-    return files

@@ -31,4 +31,13 @@ def _env() -> jinja2.Environment:
 
 
 def render(template: str, **values) -> str:
+    """Fill a template; a shell script (*.sh) is shipped as it is, since it reads its values
+    from the node's /etc/vent/node.env at run time."""
+    if template.endswith(".sh"):
+        return _text(template)
     return _env().get_template(template).render(**values)
+
+
+@cache
+def _text(name: str) -> str:
+    return (root() / name).read_text()

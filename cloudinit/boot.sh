@@ -1,0 +1,158 @@
+#!/bin/bash
+# vent-bake boot script: turns a freshly installed Debian 12 or Ubuntu 22.04/24.04 server into
+# the cluster node that cloud-init wrote the files of. Run by cloud-init at first boot, and safe
+# to run again. Each step logs with a timestamp to the console, the journal and
+# /var/log/vent-boot.log.
+#
+#   boot              every step, in order
+#   boot STEP...      only these steps (prep, download, install, start)
+#
+# Paths can be moved for tests: VENT_ETC (default /etc/vent), VENT_STATE (/var/lib/vent),
+# VENT_ROOT (prefix for installed binaries, default /), VENT_LOG, VENT_CONSOLE, VENT_ATTEMPTS,
+# VENT_BACKOFF.
+set -euo pipefail
+
+ETC=${VENT_ETC:-/etc/vent}
+STATE=${VENT_STATE:-/var/lib/vent}
+ROOT=${VENT_ROOT:-/}
+LOG=${VENT_LOG:-/var/log/vent-boot.log}
+ATTEMPTS=${VENT_ATTEMPTS:-5}
+BACKOFF=${VENT_BACKOFF:-2}
+PACKAGES="ca-certificates curl socat conntrack ipset iptables nftables haproxy iproute2 python3"
+
+log() {
+    local line
+    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) vent-boot: $*"
+    echo "$line" >>"$LOG"
+    echo "$line" >&2
+    { echo "$line" >"${VENT_CONSOLE:-/dev/console}"; } 2>/dev/null || true
+    logger -t vent-boot -- "$*" 2>/dev/null || true
+}
+
+fail() {
+    log "FAILED: $*"
+    exit 1
+}
+
+# --- 1. node prep ---------------------------------------------------------------------------
+
+step_prep() {
+    log "prep: kernel modules, sysctls, swap off, OS packages"
+    systemctl restart systemd-modules-load.service
+    sysctl --quiet --system
+    swapoff -a
+    sed -i -E '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab
+    local attempt
+    for attempt in $(seq 1 "$ATTEMPTS"); do
+        # shellcheck disable=SC2086 # the package list is meant to split
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PACKAGES; then
+            # The distro's haproxy unit would bind its own config; ours is api-balancer.service.
+            systemctl disable --now haproxy.service 2>/dev/null || true
+            return 0
+        fi
+        log "prep: package install failed (attempt $attempt of $ATTEMPTS)"
+        sleep $((BACKOFF ** attempt))
+    done
+    fail "prep: could not install $PACKAGES"
+}
+
+# --- 2. networking is vent-network.service, started below and at every boot ------------------
+
+# --- 3. download and verify ------------------------------------------------------------------
+
+# fetch NAME URL ALGORITHM DIGEST: download into the staging area; keep it only if it verifies.
+fetch() {
+    local name=$1 url=$2 algorithm=$3 digest=$4 part="$STATE/downloads/$1.part" actual attempt
+    if [ -f "$STATE/downloads/$name" ] && [ "$(cat "$STATE/downloads/$name.$algorithm" 2>/dev/null)" = "$digest" ]; then
+        return 0
+    fi
+    for attempt in $(seq 1 "$ATTEMPTS"); do
+        if curl -fsSL --connect-timeout 20 --max-time 900 -o "$part" "$url"; then
+            actual=$("${algorithm}sum" "$part" | cut -d' ' -f1)
+            if [ "$actual" = "$digest" ]; then
+                mv "$part" "$STATE/downloads/$name"
+                echo "$digest" >"$STATE/downloads/$name.$algorithm"
+                log "download: $name verified ($algorithm $digest)"
+                return 0
+            fi
+            log "download: $name from $url does not match its pinned digest: expected $algorithm $digest, got $actual (attempt $attempt of $ATTEMPTS)"
+        else
+            log "download: $name from $url failed (attempt $attempt of $ATTEMPTS)"
+        fi
+        rm -f "$part"
+        [ "$attempt" -lt "$ATTEMPTS" ] && sleep $((BACKOFF ** attempt))
+    done
+    return 1
+}
+
+step_download() {
+    log "download: every binary, in parallel; nothing is installed before all of them verify"
+    mkdir -p "$STATE/downloads"
+    local name url algorithm digest installs pids=() names=() failed=() i
+    while IFS=$'\t' read -r name url algorithm digest installs; do
+        [ -n "$name" ] || continue
+        fetch "$name" "$url" "$algorithm" "$digest" &
+        pids+=($!)
+        names+=("$name")
+    done <"$ETC/downloads.tsv"
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || failed+=("${names[$i]}")
+    done
+    [ ${#failed[@]} -eq 0 ] || fail "download: ${failed[*]} could not be verified; nothing was installed"
+}
+
+# --- install: only verified files, from the staging area --------------------------------------
+
+step_install() {
+    log "install: verified binaries"
+    local name url algorithm digest installs file pair dest member tmp
+    while IFS=$'\t' read -r name url algorithm digest installs; do
+        [ -n "$name" ] || continue
+        file="$STATE/downloads/$name"
+        [ "$(cat "$file.$algorithm" 2>/dev/null)" = "$digest" ] || fail "install: $name was not verified; run the download step first"
+        if [[ $installs == *=* ]]; then
+            tmp=$(mktemp -d)
+            IFS=, read -ra pairs <<<"$installs"
+            for pair in "${pairs[@]}"; do
+                member=${pair#*=}
+                tar -xzf "$file" -C "$tmp" "$member"
+                dest="$ROOT${pair%%=*}"
+                install -D -m 0755 "$tmp/$member" "$dest"
+            done
+            rm -rf "$tmp"
+        else
+            install -D -m 0755 "$file" "$ROOT$installs"
+        fi
+        log "install: $name ($installs)"
+    done <"$ETC/downloads.tsv"
+}
+
+# --- 4. start ---------------------------------------------------------------------------------
+
+step_start() {
+    log "start: enabling and starting $(tr '\n' ' ' <"$ETC/units")"
+    install -d -m 0700 /var/lib/etcd 2>/dev/null || true
+    install -d /var/log/kubernetes /etc/cni/net.d /run/flannel
+    systemctl daemon-reload
+    # shellcheck disable=SC2046 # one unit name per line
+    systemctl enable $(cat "$ETC/units")
+    # Not blocking: etcd waits for its peers, and the peers boot at their own pace.
+    # shellcheck disable=SC2046
+    systemctl start --no-block $(cat "$ETC/units")
+    log "start: done; units report in the journal (journalctl -u UNIT)"
+}
+
+main() {
+    mkdir -p "$(dirname "$LOG")" "$STATE"
+    local steps=("$@")
+    [ ${#steps[@]} -gt 0 ] || steps=(prep download install start)
+    for step in "${steps[@]}"; do
+        case $step in
+        prep | download | install | start) "step_$step" ;;
+        *) fail "unknown step $step (prep, download, install, start)" ;;
+        esac
+    done
+    log "boot: ${steps[*]} complete"
+}
+
+main "$@"

@@ -1,0 +1,221 @@
+"""Each node's userdata, checked by the tools that consume it: cloud-init's schema validator,
+cloud-init's own write_files module staged under a temp root, systemd-analyze verify,
+kubernetes-validate, bash -n and shellcheck."""
+
+import base64
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cli
+from tools import need
+from vent_bake import fsutil, secrets
+from vent_bake.state import State
+
+NODES = ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]
+SCHEMA = Path("/usr/lib/python3/dist-packages/cloudinit/config/schemas/schema-cloud-config-v1.json")
+SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter Debian's cloud-init is installed for
+
+
+def revealed(rendered: Path, node: str) -> str:
+    result = cli("userdata", node, "-c", rendered / "cluster.yaml", "--reveal")
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def write_files(userdata: Path, root: Path) -> Path:
+    """Run cloud-init's own write_files module on a userdata, every path moved under root."""
+    need(SYSTEM_PYTHON, "cloud-init")
+    code = (
+        "import sys, yaml\n"
+        "from cloudinit.config.cc_write_files import write_files\n"
+        "cfg = yaml.safe_load(open(sys.argv[1]))\n"
+        "write_files('write_files', [dict(f, path=sys.argv[2] + f['path']) for f in cfg['write_files']], 'root:root')\n"
+    )
+    subprocess.run([SYSTEM_PYTHON, "-c", code, str(userdata), str(root)], check=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def userdata_files(rendered, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("userdata")
+    files = {}
+    for node in NODES:
+        files[node] = out / node
+        files[node].write_text(revealed(rendered, node))
+    return files
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_cloud_init_schema_accepts_it(userdata_files, node):
+    need("cloud-init")
+    proc = subprocess.run(["cloud-init", "schema", "--config-file", str(userdata_files[node])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_no_unknown_top_level_key(userdata_files, node):
+    """`cloud-init schema` lets unknown top-level keys pass; the schema's own modules decide."""
+    need(str(SCHEMA))
+    schema = json.loads(SCHEMA.read_text())
+    known = {key for d in schema["$defs"].values() for key in d.get("properties", {})}
+    doc = yaml.safe_load(userdata_files[node].read_text())
+    assert set(doc) <= known, set(doc) - known
+    assert userdata_files[node].read_text().startswith("#cloud-config\n")
+
+
+@pytest.mark.parametrize("node", ["controller-0", "worker-1"])
+def test_write_files_writes_every_file_as_reviewed(rendered, userdata_files, node, tmp_path):
+    """cloud-init's own write_files module, pointed at a staging root, writes exactly the files
+    of the reviewed tree, revealed, with their modes."""
+    root = write_files(userdata_files[node], tmp_path / "root")
+    state = State.load(rendered / ".vent")
+    reviewed = fsutil.read_tree(rendered / "artifacts" / "nodes" / node / "files")
+    written = fsutil.read_tree(root)
+    assert written.keys() == reviewed.keys()
+    doc = yaml.safe_load(userdata_files[node].read_text())
+    modes = {f["path"]: int(f.get("permissions", "0644"), 8) for f in doc["write_files"]}
+    for rel, data in reviewed.items():
+        assert written[rel] == secrets.reveal(data.decode(), state.secret).encode(), rel
+        st = os.stat(root / rel)
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (modes["/" + rel], 0, 0), rel
+    assert modes["/var/lib/kubelet/kubelet.key"] == 0o600 and modes["/usr/local/lib/vent/boot"] == 0o755
+
+
+def test_revealed_differs_from_reviewed_only_at_the_markers(rendered, state):
+    reviewed = (rendered / "artifacts/nodes/controller-0/userdata").read_text()
+    found = secrets.markers(reviewed)
+    assert len(found) > 10
+    pattern, last = "", 0
+    for m in found:
+        pattern += re.escape(reviewed[last:m.start()]) + "([A-Za-z0-9+/=]+)"
+        last = m.end()
+    match = re.fullmatch(pattern + re.escape(reviewed[last:]), revealed(rendered, "controller-0"))
+    assert match, "the revealed userdata must equal the reviewed one outside the markers"
+    for m, value in zip(found, match.groups()):
+        secret = state.secret(m["name"])
+        assert (base64.b64decode(value) if m["enc"] == "b64" else value.encode()) == secret, m["name"]
+
+
+def test_compressed_entries_encode_exactly_the_reviewed_files(rendered):
+    """Each gz+b64 entry is gzip with a fixed mtime of the plain file beside the userdata."""
+    for node in NODES:
+        doc = yaml.safe_load((rendered / "artifacts/nodes" / node / "userdata").read_text())
+        tree = rendered / "artifacts/nodes" / node / "files"
+        packed = [f for f in doc["write_files"] if f.get("encoding") == "gz+b64"]
+        assert packed
+        for f in packed:
+            raw = base64.b64decode(f["content"])
+            assert raw[4:8] == b"\0\0\0\0", "gzip mtime must be fixed"
+            assert gzip.decompress(raw) == (tree / f["path"].lstrip("/")).read_bytes()
+            assert not secrets.markers(gzip.decompress(raw).decode()), "a file with a secret must never be compressed"
+
+
+def test_least_privilege(rendered):
+    def secret_names(node):
+        return {m["name"] for m in secrets.markers((rendered / "artifacts/nodes" / node / "userdata").read_text())}
+
+    assert secret_names("worker-0") == {"pki/nodes/worker-0.key", "pki/kube-proxy.key", "pki/flannel.key"}
+    controller = secret_names("controller-1")
+    assert {"pki/ca.key", "pki/service-accounts.key", "secrets/encryption.key", "pki/etcd/controller-1-server.key",
+            "pki/etcd/controller-1-peer.key", "pki/apiserver-etcd-client.key"} <= controller
+    assert "pki/etcd/controller-0-server.key" not in controller and "pki/admin.key" not in controller
+    assert "pki/admin.key" in secret_names("controller-0")  # the add-on applier's credential
+    worker_tree = fsutil.read_tree(rendered / "artifacts/nodes/worker-0")
+    assert not any(p.endswith(("etcd/ca.crt", "encryption-config.yaml")) or "/etcd/" in p for p in worker_tree)
+
+
+def test_render_prints_each_revealed_size(rendered):
+    out = cli("render", "-c", rendered / "cluster.yaml").stdout
+    for node in NODES:
+        size = len(revealed(rendered, node).encode())
+        assert f"  {node:<24}" in out and f"userdata {size / 1024:6.1f} KiB" in out.split(f"  {node:<24}")[1].splitlines()[0]
+
+
+def test_stale_marker_refuses_to_reveal(fresh):
+    path = fresh / "artifacts/nodes/worker-0/userdata"
+    text = path.read_text()
+    marker = secrets.markers(text)[0]
+    path.write_text(text.replace(marker["digest"], "0" * 64))
+    result = cli("userdata", "worker-0", "-c", fresh / "cluster.yaml", "--reveal")
+    assert result.exit_code == 1
+    assert f"the marker for {marker['name']} does not match the state's secret" in result.stderr
+
+
+# --- units ------------------------------------------------------------------------------------
+
+STUBS = ["usr/local/bin/" + b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+                                        "kube-proxy", "containerd", "flanneld")] + ["usr/sbin/haproxy", "usr/sbin/modprobe", "usr/bin/kill"]
+
+
+def staging_root(userdata: Path, tmp_path: Path) -> Path:
+    """The node's files as cloud-init writes them, the OS's own units, and a stub for each
+    binary the units run."""
+    root = write_files(userdata, tmp_path / "root")
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    for link, target in (("lib", "usr/lib"), ("bin", "usr/bin"), ("sbin", "usr/sbin")):
+        os.symlink(target, root / link)
+    for stub in STUBS:
+        (root / stub).parent.mkdir(parents=True, exist_ok=True)
+        (root / stub).write_text("#!/bin/sh\nexit 0\n")
+        (root / stub).chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("node", ["controller-0", "worker-0"])
+def test_systemd_analyze_verify_every_unit(userdata_files, node, tmp_path):
+    need("systemd-analyze")
+    root = staging_root(userdata_files[node], tmp_path)
+    units = sorted((root / "etc/systemd/system").glob("*.service"))
+    assert len(units) == (11 if node == "controller-0" else 6)
+    for unit in units:
+        proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", f"/etc/systemd/system/{unit.name}"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stdout + proc.stderr == "", f"{unit.name}: {proc.stdout}{proc.stderr}"
+
+
+def test_systemd_analyze_would_catch_a_mistake(userdata_files, tmp_path):
+    """The check above is only worth something if a bad unit makes output."""
+    need("systemd-analyze")
+    root = staging_root(userdata_files["worker-0"], tmp_path)
+    unit = root / "etc/systemd/system/kubelet.service"
+    unit.write_text(unit.read_text().replace("Restart=on-failure", "Restrat=on-failure"))
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/kubelet.service"],
+                          capture_output=True, text=True)
+    assert "Restrat" in proc.stdout + proc.stderr
+
+
+def test_units_enabled_by_the_boot_script_exist(rendered):
+    for node in NODES:
+        tree = rendered / "artifacts/nodes" / node / "files"
+        for unit in (tree / "etc/vent/units").read_text().split():
+            assert (tree / "etc/systemd/system" / unit).is_file(), f"{node}: {unit}"
+
+
+# --- manifests and scripts --------------------------------------------------------------------
+
+def test_manifests_validate_strictly(rendered):
+    need("kubernetes-validate")
+    addons = sorted((rendered / "artifacts/nodes/controller-0/files/etc/vent/addons").glob("*.yaml"))
+    assert [p.name for p in addons] == ["apiserver-to-kubelet.yaml", "coredns.yaml", "flannel.yaml", "runtimeclass-gvisor.yaml"]
+    proc = subprocess.run(["kubernetes-validate", "--strict", "-k", "1.32.0", *map(str, addons)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("passed") == 11
+
+
+SCRIPTS = sorted((Path(__file__).parents[1] / "cloudinit").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_scripts_pass_bash_n_and_shellcheck(script):
+    need("shellcheck")
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    proc = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout

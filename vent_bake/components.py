@@ -1,0 +1,73 @@
+"""Every file a node gets besides its credentials: one declarative table of
+(template, path on the node, mode, which nodes), each template filled with the node's values.
+"""
+
+from vent_bake import binaries, templates
+from vent_bake.bundle import File
+from vent_bake.config import Node
+
+ALL, CONTROLLERS, FIRST = "all", "controllers", "first controller"
+UNITS = "/etc/systemd/system"
+LIB = "/usr/local/lib/vent"
+ETC = "/etc/vent"
+
+TABLE = (
+    # node prep and the boot itself
+    ("configs/modules.conf", "/etc/modules-load.d/vent.conf", 0o644, ALL),
+    ("configs/sysctl.conf", "/etc/sysctl.d/90-vent.conf", 0o644, ALL),
+    ("configs/node.env", f"{ETC}/node.env", 0o644, ALL),
+    ("configs/downloads.tsv", f"{ETC}/downloads.tsv", 0o644, ALL),
+    ("configs/units", f"{ETC}/units", 0o644, ALL),
+    ("cloudinit/boot.sh", f"{LIB}/boot", 0o755, ALL),
+    # networking, re-applied at every boot
+    ("units/vent-network.service", f"{UNITS}/vent-network.service", 0o644, ALL),
+    ("cloudinit/network.sh", f"{LIB}/network", 0o755, ALL),
+    ("configs/firewall.nft", f"{ETC}/firewall.nft", 0o644, ALL),
+    # every node: API balancer, container runtime, kubelet, kube-proxy, flannel
+    ("units/api-balancer.service", f"{UNITS}/api-balancer.service", 0o644, ALL),
+    ("configs/api-balancer.cfg", "/etc/haproxy/api-balancer.cfg", 0o644, ALL),
+    ("units/containerd.service", f"{UNITS}/containerd.service", 0o644, ALL),
+    ("configs/containerd-config.toml", "/etc/containerd/config.toml", 0o644, ALL),
+    ("configs/crictl.yaml", "/etc/crictl.yaml", 0o644, ALL),
+    ("units/kubelet.service", f"{UNITS}/kubelet.service", 0o644, ALL),
+    ("configs/kubelet-config.yaml", "/var/lib/kubelet/kubelet-config.yaml", 0o644, ALL),
+    ("units/kube-proxy.service", f"{UNITS}/kube-proxy.service", 0o644, ALL),
+    ("configs/kube-proxy-config.yaml", "/var/lib/kube-proxy/kube-proxy-config.yaml", 0o644, ALL),
+    ("units/flanneld.service", f"{UNITS}/flanneld.service", 0o644, ALL),
+    ("configs/net-conf.json", "/etc/kube-flannel/net-conf.json", 0o644, ALL),
+    ("cloudinit/cni-from-flannel.sh", f"{LIB}/cni-from-flannel", 0o755, ALL),
+    # controllers: etcd and the control plane
+    ("units/etcd.service", f"{UNITS}/etcd.service", 0o644, CONTROLLERS),
+    ("cloudinit/etcd-join.sh", f"{LIB}/etcd-join", 0o755, CONTROLLERS),
+    ("units/kube-apiserver.service", f"{UNITS}/kube-apiserver.service", 0o644, CONTROLLERS),
+    ("configs/audit-policy.yaml", "/var/lib/kubernetes/audit-policy.yaml", 0o644, CONTROLLERS),
+    ("units/kube-controller-manager.service", f"{UNITS}/kube-controller-manager.service", 0o644, CONTROLLERS),
+    ("units/kube-scheduler.service", f"{UNITS}/kube-scheduler.service", 0o644, CONTROLLERS),
+    ("configs/kube-scheduler.yaml", "/etc/kubernetes/config/kube-scheduler.yaml", 0o644, CONTROLLERS),
+    # the first controller applies the add-ons
+    ("units/vent-addons.service", f"{UNITS}/vent-addons.service", 0o644, FIRST),
+    ("cloudinit/apply-addons.sh", f"{LIB}/apply-addons", 0o755, FIRST),
+    ("manifests/apiserver-to-kubelet.yaml", f"{ETC}/addons/apiserver-to-kubelet.yaml", 0o644, FIRST),
+    ("manifests/flannel.yaml", f"{ETC}/addons/flannel.yaml", 0o644, FIRST),
+    ("manifests/coredns.yaml", f"{ETC}/addons/coredns.yaml", 0o644, FIRST),
+    ("manifests/runtimeclass-gvisor.yaml", f"{ETC}/addons/runtimeclass-gvisor.yaml", 0o644, FIRST),
+)
+
+
+def entries(ctx, node: Node) -> list[tuple[str, str, int]]:
+    """The (template, path, mode) rows that apply to this node."""
+    role = ctx.cluster.role(node)
+    first = node == ctx.cluster.controllers[0]
+    return [
+        (template, path, mode)
+        for template, path, mode, who in TABLE
+        if who == ALL or (who == CONTROLLERS and role == "controller") or (who == FIRST and first)
+    ]
+
+
+def files(ctx, node: Node) -> dict[str, File]:
+    rows = entries(ctx, node)
+    values = ctx.node_values(node)
+    values["units"] = [path.rsplit("/", 1)[1] for t, path, _ in rows if t.startswith("units/")]
+    values["downloads"] = binaries.downloads(ctx.cluster, values["role"])
+    return {path: File(templates.render(template, **values), mode) for template, path, mode in rows}
