@@ -1,10 +1,12 @@
 """Render is deterministic, minimal in what it changes, atomic, and leaves no secret in artifacts/."""
 
 import base64
+import gzip
 import os
 import stat
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 
 from conftest import cli, render
@@ -46,7 +48,7 @@ def test_adding_a_worker_adds_only_its_files(fresh):
     result = render(fresh / "cluster.yaml")
     assert "issued: nodes/worker-2\n" in result.stdout
     changed = diff(before_a, tree(fresh / "artifacts"))
-    assert changed and all(p.startswith("nodes/worker-2/") or p == "pki/nodes/worker-2.crt" for p in changed)
+    assert changed and {p for p in changed if not p.startswith("nodes/worker-2/")} == {"pki/nodes/worker-2.crt", "MANIFEST"}
     assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key"}
 
 
@@ -132,8 +134,20 @@ def secret_encodings(state: State) -> dict[str, list[bytes]]:
     return out
 
 
+def unpacked(files: dict[str, bytes]) -> dict[str, bytes]:
+    """The artifacts, plus the decoded content of every encoded entry of every userdata."""
+    out = dict(files)
+    for path, data in files.items():
+        if path.endswith("/userdata"):
+            for i, entry in enumerate(yaml.safe_load(data)["write_files"]):
+                if entry.get("encoding") == "gz+b64":
+                    out[f"{path}#{i}"] = gzip.decompress(base64.b64decode(entry["content"]))
+    return out
+
+
 def test_no_secret_in_artifacts_in_any_encoding(rendered, state):
-    files = tree(rendered / "artifacts")
+    files = unpacked(tree(rendered / "artifacts"))
+    assert any("#" in p for p in files)
     leaks = secret_encodings(state)
     assert len(leaks) == 23  # 21 certificate keys, the service-account key, the encryption key
     for path, data in files.items():
@@ -167,3 +181,22 @@ def test_out_and_state_must_not_nest(fresh, bad):
     args = ["--out", fresh / ".vent" / "a"] if bad == "artifacts" else ["--state", fresh / "artifacts" / "s"]
     result = cli("render", "-c", fresh / "cluster.yaml", *args)
     assert result.exit_code == 1 and "must not contain each other" in result.stderr
+
+
+def test_a_hand_edit_in_artifacts_is_rendered_away(fresh):
+    path = fresh / "artifacts/nodes/worker-0/files/etc/systemd/system/kubelet.service"
+    original = path.read_text()
+    path.write_text(original.replace("--v=2", "--v=9"))
+    result = render(fresh / "cluster.yaml")
+    assert "artifacts written" in result.stdout and "issued" not in result.stdout
+    assert path.read_text() == original
+
+
+def test_manifest_lists_every_artifact(rendered):
+    import hashlib
+
+    files = tree(rendered / "artifacts")
+    lines = files.pop("MANIFEST").decode().splitlines()
+    assert lines[0].startswith("vent-bake artifacts; inputs sha256:")
+    listed = dict(reversed(line.split("  ", 1)) for line in lines[1:])
+    assert listed == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}

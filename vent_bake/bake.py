@@ -3,20 +3,23 @@
     cluster.yaml -> Cluster -> state (PKI and secrets made once) -> render -> artifacts/
 
 The state is saved before the artifacts: if writing the artifacts fails, the old artifacts
-stay and their markers no longer match, so `launch` refuses them until a render succeeds.
+stay and their manifest no longer matches the inputs, so `launch` refuses them until a
+render succeeds. When the inputs match artifacts/MANIFEST and the files their digests,
+there is nothing to render.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vent_bake import certs, config, fsutil, render, secrets, userdata
+from vent_bake import certs, config, fsutil, manifest, render, secrets
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.state import ADMIN_KUBECONFIG, State
 
 # Top-level entries of the artifacts directory that vent-bake owns; anything else there (a
 # README, .gitattributes) is the operator's and is kept.
-ARTIFACT_ENTRIES = frozenset({"admin.kubeconfig", "pki", "nodes", "manifests"})
+ARTIFACT_ENTRIES = frozenset({"admin.kubeconfig", "pki", "nodes", manifest.NAME})
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,6 @@ class Paths:
 @dataclass(frozen=True)
 class Result:
     cluster: Cluster
-    bundle: render.Bundle
     issued: list[str]
     dropped: list[str]
     artifacts_changed: bool
@@ -45,21 +47,69 @@ class Result:
     sizes: dict[str, int]  # bytes of each node's revealed userdata
 
 
-def load(paths: Paths) -> tuple[Cluster, State]:
-    return config.load(paths.cluster), State.load(paths.state)
+def load(paths: Paths) -> tuple[bytes, Cluster, State]:
+    text = config.read(paths.cluster)
+    return text, config.load(paths.cluster, text), State.load(paths.state)
 
 
 def bake(paths: Paths) -> Result:
-    cluster, state = load(paths)
+    text, cluster, state = load(paths)
+    warnings = config.warnings(cluster)
+    inputs = manifest.inputs_digest(text, state)
+    unchanged = unchanged_artifacts(paths.out, inputs)
+    if unchanged is not None:
+        sizes = {n.name: _revealed_size(unchanged[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
+        return Result(cluster, [], [], False, warnings, sizes)
+
     issued, dropped = certs.ensure(cluster, render.addresses(cluster, state), state)
     if state.ensure_encryption_key():
         issued.append("encryption key")
     bundle = render.render(cluster, state)
     state.put(ADMIN_KUBECONFIG, reveal(bundle.shared["admin.kubeconfig"].content, state, "admin.kubeconfig").encode())
-    sizes = {host: len(reveal(nb.userdata, state, host).encode()) for host, nb in bundle.nodes.items()}
+    sizes = {host: _revealed_size(nb.userdata, state, host) for host, nb in bundle.nodes.items()}
+    tree = bundle.tree()
+    tree[manifest.NAME] = manifest.render(manifest.inputs_digest(text, state), tree)
     state.save()
-    changed = write_artifacts(paths.out, bundle.tree())
-    return Result(cluster, bundle, issued, dropped, changed, config.warnings(cluster), sizes)
+    write_artifacts(paths.out, tree)
+    return Result(cluster, issued, dropped, True, warnings, sizes)
+
+
+def _revealed_size(reviewed: str, state: State, node: str) -> int:
+    return len(reveal(reviewed, state, f"nodes/{node}/userdata").encode())
+
+
+def reveal(text: str, state: State, where: str) -> str:
+    return secrets.reveal(text, state.secret, where)
+
+
+def read_artifacts(out: Path) -> dict[str, bytes]:
+    """vent-bake's part of the artifacts directory."""
+    try:
+        return {p: d for p, d in fsutil.read_tree(out).items() if p.split("/", 1)[0] in ARTIFACT_ENTRIES}
+    except OSError as exc:
+        raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
+
+
+def unchanged_artifacts(out: Path, inputs: str) -> dict[str, bytes] | None:
+    """The artifacts, if they were rendered from exactly these inputs and are intact; else None."""
+    try:
+        listed = manifest.parse((out / manifest.NAME).read_bytes())
+    except OSError:
+        return None
+    if listed is None or listed[0] != inputs:
+        return None
+    tree = read_artifacts(out)
+    tree.pop(manifest.NAME, None)
+    return None if manifest.altered(listed[1], tree) else tree
+
+
+def write_artifacts(out: Path, tree: dict[str, bytes]) -> None:
+    """Replace vent-bake's part of the artifacts directory, keeping the operator's own files."""
+    try:
+        theirs = sorted(e for e in os.listdir(out) if e not in ARTIFACT_ENTRIES) if out.is_dir() else []
+        fsutil.replace_tree(out, tree, carry_over=theirs)
+    except OSError as exc:
+        raise VentError(f"{out}: cannot write the artifacts ({exc}); the previous artifacts are unchanged") from None
 
 
 def reviewed_userdata(paths: Paths, node: str) -> str:
@@ -72,24 +122,3 @@ def reviewed_userdata(paths: Paths, node: str) -> str:
 def revealed_userdata(paths: Paths, node: str) -> str:
     """The bootable userdata: the reviewed file with every marker checked and filled in."""
     return reveal(reviewed_userdata(paths, node), State.load(paths.state), f"{paths.out}/nodes/{node}/userdata")
-
-
-def reveal(text: str, state: State, where: str) -> str:
-    return secrets.reveal(text, state.secret, where)
-
-
-def write_artifacts(out: Path, tree: dict[str, bytes]) -> bool:
-    """Replace vent-bake's part of the artifacts directory; False when it already held exactly this."""
-    try:
-        current = fsutil.read_tree(out)
-    except OSError as exc:
-        raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
-    ours = {p: d for p, d in current.items() if p.split("/", 1)[0] in ARTIFACT_ENTRIES}
-    if ours == tree:
-        return False
-    theirs = sorted({p.split("/", 1)[0] for p in current} - ARTIFACT_ENTRIES)
-    try:
-        fsutil.replace_tree(out, tree, carry_over=theirs)
-    except OSError as exc:
-        raise VentError(f"{out}: cannot write the artifacts ({exc}); the previous artifacts are unchanged") from None
-    return True

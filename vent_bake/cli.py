@@ -68,12 +68,12 @@ def render(cluster_file: Path, out: Path | None, state: Path | None):
     _report("issued", result.issued)
     _report("dropped (no longer in the cluster file)", result.dropped)
     for host, size in result.sizes.items():
-        role = result.bundle.nodes[host].role
+        role = result.cluster.role(result.cluster.node(host))
         budget = userdata.BUDGET[role]
         over = f"  OVER its {budget // 1024} KiB budget" if size > budget else ""
         click.echo(f"  {host:<24} {role:<10} userdata {size / 1024:6.1f} KiB{over}")
     status = "written" if result.artifacts_changed else "unchanged"
-    click.echo(f"artifacts {status}: {paths.out} ({len(result.bundle.nodes)} nodes)")
+    click.echo(f"artifacts {status}: {paths.out} ({len(result.cluster.nodes)} nodes)")
 
 
 def _report(what: str, names: list[str], limit: int = 20):

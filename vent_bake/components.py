@@ -2,7 +2,8 @@
 (template, path on the node, mode, which nodes), each template filled with the node's values.
 """
 
-from vent_bake import binaries, templates
+from functools import cache
+
 from vent_bake.bundle import File
 from vent_bake.config import Node
 
@@ -54,20 +55,25 @@ TABLE = (
 )
 
 
-def entries(ctx, node: Node) -> list[tuple[str, str, int]]:
-    """The (template, path, mode) rows that apply to this node."""
-    role = ctx.cluster.role(node)
-    first = node == ctx.cluster.controllers[0]
-    return [
+@cache
+def entries(role: str, first: bool) -> tuple[tuple[str, str, int], ...]:
+    """The (template, path, mode) rows for a node of this role."""
+    return tuple(
         (template, path, mode)
         for template, path, mode, who in TABLE
         if who == ALL or (who == CONTROLLERS and role == "controller") or (who == FIRST and first)
-    ]
+    )
+
+
+@cache
+def units(rows: tuple) -> tuple[str, ...]:
+    """The units the boot script enables, in the table's order."""
+    return tuple(path.rsplit("/", 1)[1] for template, path, _ in rows if template.startswith("units/"))
 
 
 def files(ctx, node: Node) -> dict[str, File]:
-    rows = entries(ctx, node)
     values = ctx.node_values(node)
-    values["units"] = [path.rsplit("/", 1)[1] for t, path, _ in rows if t.startswith("units/")]
-    values["downloads"] = binaries.downloads(ctx.cluster, values["role"])
-    return {path: File(templates.render(template, **values), mode) for template, path, mode in rows}
+    rows = entries(values["role"], values["first_controller"])
+    values["units"] = units(rows)
+    values["downloads"] = ctx.downloads(values["role"])
+    return {path: File(ctx.render(template, values), mode) for template, path, mode in rows}

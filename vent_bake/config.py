@@ -7,6 +7,7 @@ can name the exact field it is about.
 
 import ipaddress
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -156,8 +157,18 @@ class Cluster(Strict):
     def nodes(self) -> list[Node]:
         return [*self.controllers, *self.workers]
 
+    @cached_property
+    def _controller_names(self) -> frozenset[str]:
+        return frozenset(n.name for n in self.controllers)
+
     def role(self, node: Node) -> str:
-        return "controller" if node in self.controllers else "worker"
+        return "controller" if node.name in self._controller_names else "worker"
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def is_first_controller(self, node: Node) -> bool:
+        return node.name == self.controllers[0].name
 
 
 def schema() -> dict:
@@ -227,14 +238,22 @@ def parse(text: str, source: str) -> Cluster:
     return cluster
 
 
-def load(path: Path) -> Cluster:
+def read(path: Path) -> bytes:
     try:
-        text = path.read_text()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(str(path), "", "no such file; `vent-bake init` writes an example there") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot read it ({exc})") from None
-    return parse(text, str(path))
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read it ({exc.strerror})") from None
+
+
+def load(path: Path, text: bytes | None = None) -> Cluster:
+    """The cluster file at path (its bytes, if already read), validated."""
+    text = read(path) if text is None else text
+    try:
+        return parse(text.decode(), str(path))
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "not UTF-8 text; save the file as UTF-8") from None
 
 
 # --- rules across fields ---------------------------------------------------------------------

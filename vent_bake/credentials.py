@@ -47,7 +47,7 @@ def files(ctx, node: Node) -> dict[str, File]:
     local_api = ctx.url("127.0.0.1", net.api_port)
     for name in ("kube-controller-manager", "kube-scheduler"):
         out |= _client(ctx, name, f"system:{name}", PKI, name, f"{KUBE}/{name}.kubeconfig", local_api)
-    if node == ctx.cluster.controllers[0]:
+    if ctx.cluster.is_first_controller(node):
         out |= _client(ctx, "admin", "admin", PKI, "admin", f"{KUBE}/admin.kubeconfig", local_api)
     for name in ("kube-apiserver", "apiserver-kubelet-client", "apiserver-etcd-client"):
         out |= _identity(ctx, name, PKI, name)

@@ -13,7 +13,7 @@ from functools import cached_property
 
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import certs, components, credentials, lock, pki, secrets, templates, userdata
+from vent_bake import binaries, certs, components, credentials, lock, pki, secrets, templates, userdata
 from vent_bake.bundle import Bundle, File, NodeBundle
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import StateError
@@ -42,6 +42,19 @@ class Context:
         self.cluster, self.state = cluster, state
         self.addresses = addresses(cluster, state)
         self._kubeconfigs: dict[tuple, File] = {}
+        self._rendered: dict[tuple, str] = {}
+        self._downloads: dict[str, tuple] = {}
+        self.entries: dict[tuple, str] = {}  # (path, mode, content) -> write_files entry (userdata.py)
+
+    def render(self, template: str, values: dict) -> str:
+        """Fill a template, once per distinct set of the values it reads: most files are the
+        same on every node of a role, and a thousand nodes should not cost a thousand renders.
+        Values are told apart by identity, except plain scalars: every node shares the objects
+        of shared_values, and a per-node object differs for each node."""
+        key = (template, *((name, _identity(values.get(name))) for name in sorted(templates.variables(template))))
+        if key not in self._rendered:
+            self._rendered[key] = templates.render(template, **values)
+        return self._rendered[key]
 
     # --- the state's secrets and certificates, as the bundle shows them
 
@@ -73,6 +86,11 @@ class Context:
         return self._kubeconfigs[memo]
 
     # --- values every node's templates share
+
+    def downloads(self, role: str) -> tuple:
+        if role not in self._downloads:
+            self._downloads[role] = tuple(binaries.downloads(self.cluster, role))
+        return self._downloads[role]
 
     @staticmethod
     def url(host: str, port: int) -> str:
@@ -109,7 +127,11 @@ class Context:
     def node_values(self, node: Node) -> dict:
         role = self.cluster.role(node)
         return dict(self.shared_values, node=node, role=role, address=self.addresses[node.name],
-                    first_controller=node == self.cluster.controllers[0])
+                    first_controller=self.cluster.is_first_controller(node))
+
+
+def _identity(value):
+    return value if isinstance(value, (str, int, float, bool, type(None))) else id(value)
 
 
 def _b64(text: str) -> str:

@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 import jinja2
+from jinja2 import meta
 
 _PACKAGE = Path(__file__).parent
 
@@ -41,3 +42,13 @@ def render(template: str, **values) -> str:
 @cache
 def _text(name: str) -> str:
     return (root() / name).read_text()
+
+
+@cache
+def variables(template: str) -> frozenset[str]:
+    """The names a template reads: what its output can depend on."""
+    if template.endswith(".sh"):
+        return frozenset()
+    env = _env()
+    source = env.loader.get_source(env, template)[0]
+    return frozenset(meta.find_undeclared_variables(env.parse(source)))

@@ -19,12 +19,23 @@ from vent_bake.bundle import NodeBundle
 BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}  # bytes of revealed userdata
 
 
-def _entry(path: str, content: str, mode: int) -> dict:
+# Files this small rarely shrink under gzip+base64; not trying saves most of the work.
+SMALLEST_WORTH_PACKING = 512
+
+
+def _entry(ctx, path: str, content: str, mode: int) -> str:
+    """One write_files entry, rendered once for every node that has the same file."""
+    key = (path, mode, content)
+    if key not in ctx.entries:
+        ctx.entries[key] = templates.render("cloudinit/write-file.yaml", **_form(ctx, path, content, mode))
+    return ctx.entries[key]
+
+
+def _form(ctx, path: str, content: str, mode: int) -> dict:
     entry = {"path": path, "permissions": f"0{mode:o}", "encoding": None, "block": False}
-    whole = secrets.MARKER.fullmatch(content)
-    if whole:
+    if secrets.MARKER.fullmatch(content):
         return entry | {"encoding": "b64", "content": content.replace(":raw:", ":b64:", 1)}
-    if not secrets.markers(content):
+    if len(content) >= SMALLEST_WORTH_PACKING and not secrets.markers(content):
         packed = base64.b64encode(gzip.compress(content.encode(), compresslevel=9, mtime=0)).decode()
         if len(packed) < len(content):
             return entry | {"encoding": "gz+b64", "content": packed}
@@ -35,7 +46,7 @@ def _entry(path: str, content: str, mode: int) -> dict:
 
 
 def render(ctx, nb: NodeBundle) -> str:
-    entries = [_entry(path, f.content, f.mode) for path, f in sorted(nb.files.items())]
+    entries = [_entry(ctx, path, f.content, f.mode) for path, f in sorted(nb.files.items())]
     return templates.render("cloudinit/userdata.yaml", entries=entries, **ctx.node_values(nb.node))
 
 
