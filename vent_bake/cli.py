@@ -99,6 +99,21 @@ def userdata_command(node: str, cluster_file: Path, out: Path | None, state: Pat
 
 
 @main.command()
+@cluster_option
+@out_option
+@state_option
+@click.option("--days", type=click.IntRange(0), default=30, show_default=True, help="Warn of certificates expiring within this many days.")
+@click.option("--json", "as_json", is_flag=True, help="Findings as JSON.")
+def verify(cluster_file: Path, out: Path | None, state: Path | None, days: int, as_json: bool):
+    """Cross-check the rendered bundle (artifacts and state) before launching it."""
+    from vent_bake import verify as checks
+
+    findings = checks.run(checks.load(bake.Paths.resolve(cluster_file, out, state)), days)
+    click.echo(checks.report(findings, as_json))
+    sys.exit(1 if any(f.level == "error" for f in findings) else 0)
+
+
+@main.command()
 def schema():
     """Print the JSON Schema of the cluster file."""
     click.echo(json.dumps(config.schema(), indent=2))

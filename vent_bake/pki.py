@@ -57,7 +57,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _subject(spec: CertSpec) -> x509.Name:
+def subject(spec: CertSpec) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)]
     if spec.organization:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.organization))
@@ -78,8 +78,8 @@ def issue(spec: CertSpec, key, days: int, ca_cert: x509.Certificate | None = Non
     public = key.public_key()
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_subject(spec))
-        .issuer_name(ca_cert.subject if ca_cert else _subject(spec))
+        .subject_name(subject(spec))
+        .issuer_name(ca_cert.subject if ca_cert else subject(spec))
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
@@ -109,7 +109,7 @@ def _key_usage(cert_sign=False, key_encipherment=False) -> x509.KeyUsage:
     )
 
 
-def _ext(cert: x509.Certificate, kind):
+def extension(cert: x509.Certificate, kind):
     try:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
@@ -122,16 +122,16 @@ def fits(cert: x509.Certificate, spec: CertSpec, algorithm: str, ca_cert: x509.C
     A CA that was re-keyed changes its subject key identifier, so comparing the authority key
     identifier is enough to find the certificates it no longer vouches for.
     """
-    if cert.subject != _subject(spec) or not key_fits(cert.public_key(), algorithm):
+    if cert.subject != subject(spec) or not key_fits(cert.public_key(), algorithm):
         return False
     signer = ca_cert or cert
-    aki = _ext(cert, x509.AuthorityKeyIdentifier)
-    ski = _ext(signer, x509.SubjectKeyIdentifier)
+    aki = extension(cert, x509.AuthorityKeyIdentifier)
+    ski = extension(signer, x509.SubjectKeyIdentifier)
     if aki is None or ski is None or aki.key_identifier != ski.digest or cert.issuer != signer.subject:
         return False
     if spec.is_ca:
         return True
-    san = _ext(cert, x509.SubjectAlternativeName)
+    san = extension(cert, x509.SubjectAlternativeName)
     have = set(san) if san else set()
-    eku = _ext(cert, x509.ExtendedKeyUsage)
+    eku = extension(cert, x509.ExtendedKeyUsage)
     return have == set(_sans(spec)) and eku is not None and set(eku) == set(_usages(spec))

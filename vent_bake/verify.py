@@ -1,0 +1,330 @@
+"""`vent-bake verify`: cross-check a rendered bundle (the reviewed artifacts and the state)
+before launching it. Each check is a function that yields findings; nothing is changed.
+
+Errors make the bundle unfit to launch (exit 1). Warnings are reported but do not fail it: a
+certificate that expires within --days, a userdata over its size budget.
+"""
+
+import base64
+import datetime
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from vent_bake import bake, certs, manifest, pki, secrets, userdata
+from vent_bake.config import Cluster
+from vent_bake.errors import VentError
+from vent_bake.pki import CertSpec
+from vent_bake.state import State
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    where: str
+    message: str
+    level: str = "error"
+
+    def line(self) -> str:
+        return f"{self.level}: {self.where}: {self.message}"
+
+
+@dataclass
+class Bundle:
+    """What verify reads: the cluster, the state, and the artifacts tree as it is on disk."""
+
+    cluster: Cluster
+    state: State
+    tree: dict[str, bytes]
+    inputs: str
+
+    def text(self, path: str) -> str | None:
+        data = self.tree.get(path)
+        return None if data is None else data.decode(errors="replace")
+
+    def node_files(self, host: str) -> dict[str, str]:
+        prefix = f"nodes/{host}/files"
+        return {p[len(prefix):]: d.decode(errors="replace") for p, d in self.tree.items() if p.startswith(prefix + "/")}
+
+
+def load(paths: bake.Paths) -> Bundle:
+    text, cluster, state = bake.load(paths)
+    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state))
+
+
+def run(bundle: Bundle, days: int) -> list[Finding]:
+    findings = []
+    for check in (check_manifest, check_certificates, check_kubeconfigs, check_references,
+                  check_secrets, check_privilege, check_sizes, check_ranges):
+        findings += check(bundle, days) if check is check_certificates else check(bundle)
+    return findings
+
+
+def report(findings: list[Finding], as_json: bool) -> str:
+    if as_json:
+        return json.dumps([asdict(f) for f in findings], indent=2)
+    errors = sum(f.level == "error" for f in findings)
+    lines = [f.line() for f in findings]
+    lines.append(f"{errors} errors, {len(findings) - errors} warnings" if findings else "bundle verified: no findings")
+    return "\n".join(lines)
+
+
+# --- the manifest: rendered from these inputs, unaltered since --------------------------------
+
+def check_manifest(b: Bundle):
+    listed = manifest.parse(b.tree.get(manifest.NAME, b""))
+    if listed is None:
+        yield Finding("manifest", manifest.NAME, "missing or unreadable; run `vent-bake render`")
+        return
+    if listed[0] != b.inputs:
+        yield Finding("manifest", manifest.NAME, "the artifacts were rendered from another cluster file or state; run `vent-bake render` and review")
+    files = {p: d for p, d in b.tree.items() if p != manifest.NAME}
+    for path in manifest.altered(listed[1], files):
+        state = "missing" if path not in files else "not listed" if path not in listed[1] else "changed since it was rendered"
+        yield Finding("manifest", path, state)
+
+
+# --- certificates ------------------------------------------------------------------------------
+
+def _load_cert(data: bytes | None):
+    try:
+        return x509.load_pem_x509_certificate(data) if data else None
+    except ValueError:
+        return None
+
+
+def check_certificates(b: Bundle, days: int):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    soon = now + datetime.timedelta(days=days)
+    cas = {name: _load_cert(b.tree.get(f"pki/{name}.crt")) for name in (certs.CLUSTER_CA, certs.ETCD_CA)}
+    for spec in certs.plan(b.cluster, bake.render.addresses(b.cluster, b.state)):
+        where = f"pki/{spec.name}.crt"
+        cert = _load_cert(b.tree.get(where))
+        if cert is None:
+            yield Finding("certificate", where, "missing or not a PEM certificate")
+            continue
+        ca = cert if spec.is_ca else cas.get(spec.issuer)
+        try:
+            if ca is None:
+                raise ValueError(f"its CA {spec.issuer} is missing")
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            yield Finding("certificate", where, f"does not chain to {spec.issuer or 'itself'} ({exc or 'bad signature'})")
+        if cert.not_valid_after_utc <= now or cert.not_valid_before_utc > now:
+            yield Finding("certificate", where, f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
+        elif cert.not_valid_after_utc <= soon:
+            yield Finding("certificate", where, f"expires {cert.not_valid_after_utc:%Y-%m-%d}, within {days} days", "warning")
+        yield from (Finding("certificate", where, m) for m in _spec_mismatches(cert, spec))
+        key = b.state.get(certs.key_path(spec.name))
+        if key is None:
+            yield Finding("certificate", where, f"its key {certs.key_path(spec.name)} is not in the state")
+        elif serialization.load_pem_private_key(key, None).public_key() != cert.public_key():
+            yield Finding("certificate", where, f"does not match its key {certs.key_path(spec.name)}")
+        if b.state.get(certs.crt_path(spec.name)) != b.tree.get(where):
+            yield Finding("certificate", where, "differs from the state's certificate")
+
+
+def _spec_mismatches(cert: x509.Certificate, spec: CertSpec):
+    subject = cert.subject.rfc4514_string()
+    expected = pki.subject(spec).rfc4514_string()
+    if subject != expected:
+        yield f"subject is {subject}, the role needs {expected}"
+    if spec.is_ca:
+        return
+    san = pki.extension(cert, x509.SubjectAlternativeName)
+    have = {str(n.value) for n in san} if san else set()
+    need = set(spec.dns) | set(spec.ips)
+    for missing in sorted(need - have):
+        yield f"lacks the SAN {missing}"
+    for extra in sorted(have - need):
+        yield f"names {extra}, which its role does not"
+    eku = pki.extension(cert, x509.ExtendedKeyUsage)
+    usages = {u._name for u in eku} if eku else set()
+    for flag, usage in ((spec.server, "serverAuth"), (spec.client, "clientAuth")):
+        if flag and usage not in usages:
+            yield f"lacks the {usage} usage"
+
+
+# --- kubeconfigs -------------------------------------------------------------------------------
+
+def _kubeconfigs(b: Bundle):
+    """(where, expected user, the document, files of the node it lives on or None)."""
+    yield "admin.kubeconfig", "admin", b.text("admin.kubeconfig"), None
+    for node in b.cluster.nodes:
+        files = b.node_files(node.name)
+        expected = {"/var/lib/kubelet/kubeconfig": f"system:node:{node.name}", "/var/lib/kube-proxy/kubeconfig": "system:kube-proxy",
+                    "/var/lib/flannel/kubeconfig": certs.FLANNEL_USER}
+        if b.cluster.role(node) == "controller":
+            expected |= {f"/var/lib/kubernetes/{n}.kubeconfig": f"system:{n}" for n in ("kube-controller-manager", "kube-scheduler")}
+        for path, user in expected.items():
+            yield f"nodes/{node.name}/files{path}", user, files.get(path), files
+
+
+def check_kubeconfigs(b: Bundle):
+    api = _load_cert(b.tree.get("pki/kube-apiserver.crt"))
+    san = pki.extension(api, x509.SubjectAlternativeName) if api else None
+    names = {str(n.value) for n in san} if san else set()
+    for where, user, text, files in _kubeconfigs(b):
+        if text is None:
+            yield Finding("kubeconfig", where, "missing")
+            continue
+        doc = yaml.safe_load(text)
+        cluster, account = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
+        host = urlsplit(cluster["server"]).hostname
+        if host not in names:
+            yield Finding("kubeconfig", where, f"its server {cluster['server']} is not named by the apiserver certificate")
+        if "client-certificate-data" in account:
+            cert = _load_cert(base64.b64decode(account["client-certificate-data"]))
+        else:
+            cert = _load_cert((files or {}).get(account.get("client-certificate", ""), "").encode() or None)
+        if cert is None:
+            yield Finding("kubeconfig", where, "its client certificate is missing")
+            continue
+        cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value
+        if cn != user:
+            yield Finding("kubeconfig", where, f"authenticates as {cn}, its role needs {user}")
+
+
+# --- references: every file a unit or config names is written; every binary is pinned ------------
+
+# Written at run time, not by the userdata: data dirs, logs, the runtime dir, generated files.
+RUNTIME = ("/var/lib/etcd", "/var/log", "/run", "/var/lib/vent", "/etc/cni/net.d")
+# The OS packages the boot script installs, and the OS itself.
+OS_PROVIDED = ("/usr/sbin/haproxy", "/sbin/modprobe", "/bin/kill", "/usr/sbin/nft", "/usr/bin/python3", "/etc/resolv.conf")
+# Files whose paths are not the node's: the add-on manifests name paths inside pods.
+NOT_NODE_PATHS = ("/etc/vent/addons/",)
+PATH = re.compile(r"(?<![\w.:/-])(/(?:etc|var|usr|opt|run|sbin|bin)/[\w.@/-]*[\w])")
+
+
+def _installed(files: dict[str, str]) -> dict[str, str]:
+    """Binary path -> digest, from the node's download list."""
+    out = {}
+    for row in files.get("/etc/vent/downloads.tsv", "").splitlines():
+        cols = row.split("\t")
+        if len(cols) == 5:
+            for install in cols[4].split(","):
+                out[install.split("=", 1)[0]] = cols[3]
+    return out
+
+
+def check_references(b: Bundle):
+    for node in b.cluster.nodes:
+        files = b.node_files(node.name)
+        installed = _installed(files)
+        for dest, digest in installed.items():
+            if not re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{128}", digest):
+                yield Finding("binary", f"nodes/{node.name}/files/etc/vent/downloads.tsv", f"{dest} has no digest")
+        dirs = {p.rsplit("/", 1)[0] for p in files} | {d.rsplit("/", 1)[0] for d in installed}
+        for path, text in sorted(files.items()):
+            if path.startswith(NOT_NODE_PATHS) or path.startswith("/usr/local/lib/vent/"):
+                continue  # scripts are checked by shellcheck and their tests, not by path
+            for ref in sorted(set(PATH.findall(text))):
+                if ref in files or ref in installed or ref in dirs or ref in OS_PROVIDED:
+                    continue
+                if any(ref == r or ref.startswith(r + "/") for r in RUNTIME):
+                    continue
+                if any(f.startswith(ref + "/") for f in files):
+                    continue
+                yield Finding("reference", f"nodes/{node.name}/files{path}", f"refers to {ref}, which the node's userdata neither writes nor installs")
+
+
+# --- secrets ------------------------------------------------------------------------------------
+
+def check_secrets(b: Bundle):
+    values = {name: data for name, data in b.state.files.items() if name.endswith(".key") or name.startswith("secrets/")}
+    for path, data in sorted(b.tree.items()):
+        text = data.decode(errors="replace")
+        for m in secrets.markers(text):
+            value = b.state.get(m["name"])
+            if value is None:
+                yield Finding("secret", path, f"its marker names {m['name']}, which the state does not hold")
+            elif secrets.fingerprint(value) != m["digest"]:
+                yield Finding("secret", path, f"its marker for {m['name']} is stale: the state's secret has another sha256")
+        if b"PRIVATE KEY" in data:
+            yield Finding("secret", path, "holds a private key")
+        else:
+            for name, value in values.items():
+                if value in data or secrets.encode(value, "b64").encode() in data:
+                    yield Finding("secret", path, f"holds the secret {name}")
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+def check_privilege(b: Bundle):
+    for node in b.cluster.nodes:
+        text = b.text(f"nodes/{node.name}/userdata")
+        if text is None:
+            yield Finding("privilege", f"nodes/{node.name}", "has no userdata")
+            continue
+        names = {m["name"] for m in secrets.markers(text)}
+        allowed = {certs.key_path(certs.node_cert(node.name)), certs.key_path("kube-proxy"), certs.key_path("flannel")}
+        if b.cluster.role(node) == "controller":
+            allowed |= {certs.key_path(n) for n in (certs.CLUSTER_CA, "kube-controller-manager", "kube-scheduler", "kube-apiserver",
+                                                    "apiserver-kubelet-client", "apiserver-etcd-client")}
+            allowed |= {certs.key_path(certs.etcd_cert(node.name, k)) for k in ("server", "peer")}
+            allowed |= {certs.SERVICE_ACCOUNT_KEY, "secrets/encryption.key"}
+            if b.cluster.is_first_controller(node):
+                allowed.add(certs.key_path("admin"))
+        for name in sorted(names - allowed):
+            yield Finding("privilege", f"nodes/{node.name}/userdata", f"carries {name}, which a {b.cluster.role(node)} must not hold")
+
+
+# --- sizes ----------------------------------------------------------------------------------------
+
+def check_sizes(b: Bundle):
+    for node in b.cluster.nodes:
+        text = b.text(f"nodes/{node.name}/userdata")
+        if text is None:
+            continue
+        try:
+            size = len(secrets.reveal(text, b.state.secret).encode())
+        except VentError:
+            continue  # a stale or unknown marker is check_secrets' finding
+        role = b.cluster.role(node)
+        if size > userdata.BUDGET[role]:
+            yield Finding("size", f"nodes/{node.name}/userdata",
+                          f"revealed userdata is {size} bytes, over the {role} budget of {userdata.BUDGET[role]}", "warning")
+
+
+# --- ranges: what the files say matches the cluster file ----------------------------------------
+
+def _flag(text: str, name: str) -> str | None:
+    m = re.search(rf"--{re.escape(name)}=(\S+)", text)
+    return m[1] if m else None
+
+
+def check_ranges(b: Bundle):
+    net = b.cluster.network
+    addresses = bake.render.addresses(b.cluster, b.state)
+    dns = certs.dns_ip(b.cluster)
+    for node in b.cluster.nodes:
+        files = b.node_files(node.name)
+        here = f"nodes/{node.name}/files"
+        expect = [
+            ("/etc/systemd/system/kubelet.service", _flag(files.get("/etc/systemd/system/kubelet.service", ""), "node-ip"), addresses[node.name], "kubelet --node-ip"),
+            ("/var/lib/kube-proxy/kube-proxy-config.yaml", (yaml.safe_load(files.get("/var/lib/kube-proxy/kube-proxy-config.yaml", "{}")) or {}).get("clusterCIDR"), net.pod_cidr, "clusterCIDR"),
+            ("/var/lib/kubelet/kubelet-config.yaml", ((yaml.safe_load(files.get("/var/lib/kubelet/kubelet-config.yaml", "{}")) or {}).get("clusterDNS") or [None])[0], dns, "clusterDNS"),
+            ("/etc/kube-flannel/net-conf.json", (json.loads(files.get("/etc/kube-flannel/net-conf.json", "{}")) or {}).get("Network"), net.pod_cidr, "flannel Network"),
+        ]
+        if b.cluster.role(node) == "controller":
+            kcm = files.get("/etc/systemd/system/kube-controller-manager.service", "")
+            api = files.get("/etc/systemd/system/kube-apiserver.service", "")
+            expect += [
+                ("/etc/systemd/system/kube-controller-manager.service", _flag(kcm, "cluster-cidr"), net.pod_cidr, "--cluster-cidr"),
+                ("/etc/systemd/system/kube-controller-manager.service", _flag(kcm, "service-cluster-ip-range"), net.service_cidr, "--service-cluster-ip-range"),
+                ("/etc/systemd/system/kube-apiserver.service", _flag(api, "service-cluster-ip-range"), net.service_cidr, "--service-cluster-ip-range"),
+                ("/etc/systemd/system/kube-apiserver.service", _flag(api, "advertise-address"), addresses[node.name], "--advertise-address"),
+            ]
+        for path, have, want, what in expect:
+            if have != want:
+                yield Finding("ranges", here + path, f"{what} is {have}, the cluster file says {want}")
+        for addr in addresses.values():
+            if ipaddress.ip_address(addr) in ipaddress.ip_network(net.pod_cidr) or ipaddress.ip_address(addr) in ipaddress.ip_network(net.service_cidr):
+                yield Finding("ranges", "cluster", f"node address {addr} lies inside the pod or service range")
