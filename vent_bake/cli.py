@@ -1,6 +1,7 @@
 """The `vent-bake` command line: argument handling and printing only; the work is elsewhere."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,6 +112,89 @@ def verify(cluster_file: Path, out: Path | None, state: Path | None, days: int, 
     findings = checks.run(checks.load(bake.Paths.resolve(cluster_file, out, state)), days)
     click.echo(checks.report(findings, as_json))
     sys.exit(1 if any(f.level == "error" for f in findings) else 0)
+
+
+def _provider_context(cluster_file, out, state):
+    from vent_bake import launch
+
+    paths = bake.Paths.resolve(cluster_file, out, state)
+    text, cluster, st = bake.load(paths)
+    return launch, paths, text, cluster, st, launch.provider_for(cluster, os.environ)
+
+
+@main.command()
+@cluster_option
+@state_option
+def reserve(cluster_file: Path, state: Path | None):
+    """Reserve one public IPv4 address per node in the project; idempotent."""
+    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    made = launch.reserve(cluster, st, provider, click.echo)
+    click.echo(f"{len(made)} addresses reserved, {len(cluster.nodes) - len(made)} already held; now run `vent-bake render`")
+
+
+@main.command()
+@cluster_option
+def prices(cluster_file: Path):
+    """The spot price of each role's plan in every metro, against the configured maximum."""
+    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, None)
+    for role in ("controllers", "workers"):
+        settings = getattr(cluster.provider.packet, role)
+        quotes = provider.spot_prices(settings.plan)
+        click.echo(f"{role}: {settings.plan}" + ("" if settings.spot else " (on demand; spot is off for this role)"))
+        for metro, price in sorted(quotes.items(), key=lambda kv: kv[1]):
+            under = settings.max_price is not None and price <= settings.max_price
+            mark = "  under max" if under else ""
+            here = "  <- configured metro" if metro == cluster.provider.packet.metro else ""
+            click.echo(f"  {metro:<4} {price:8.4f} USD/h{mark}{here}")
+
+
+@main.command("launch")
+@cluster_option
+@out_option
+@state_option
+@click.option("--yes", is_flag=True, help="Do not ask before creating machines (for CI).")
+@click.option("--max-price", type=click.FloatRange(min=0, min_open=True), help="Spot bid for roles on spot, USD per hour.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=16, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True, help="Seconds to wait for every device.")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=5, show_default=True, help="Seconds between status checks.")
+def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeout, poll):
+    """Create every missing device with its reviewed userdata, assign its address, wait for active."""
+    launch, paths, text, cluster, st, provider = _provider_context(cluster_file, out, state)
+    userdata = launch.check_launchable(paths, cluster, st, text, provider)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise VentError("launch creates billable machines: pass --yes to confirm without a terminal")
+        click.confirm(f"Launch {len(cluster.nodes)} nodes of {cluster.name} in {cluster.provider.packet.metro}?", abort=True)
+    options = launch.Options(concurrency=concurrency, max_price=max_price, timeout=timeout, poll=poll)
+    machines = launch.Launch(cluster, st, provider, userdata, options, click.echo).run()
+    click.echo(launch.format_table(launch.table(cluster, machines, launch.addresses(cluster, st))))
+    click.echo(f"admin kubeconfig: {launch.admin_kubeconfig(paths)}")
+
+
+@main.command()
+@cluster_option
+@state_option
+@click.option("--json", "as_json", is_flag=True)
+def status(cluster_file, state, as_json):
+    """Each node's device, state, address and price."""
+    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    rows = launch.status(cluster, st, provider)
+    click.echo(json.dumps(rows, indent=2) if as_json else launch.format_table(rows))
+
+
+@main.command()
+@cluster_option
+@state_option
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def destroy(cluster_file, state, yes):
+    """Delete this cluster's devices and address reservations (found by tag, nothing else)."""
+    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise VentError("destroy deletes machines: pass --yes to confirm without a terminal")
+        click.confirm(f"Delete every device and address of {cluster.name}?", abort=True)
+    devices, addresses = launch.destroy(cluster, st, provider, click.echo)
+    click.echo(f"deleted {devices} devices and {addresses} address reservations")
 
 
 @main.command()

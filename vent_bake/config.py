@@ -98,6 +98,9 @@ class Packet(Strict):
         description="Controllers run on-demand by default: a reclaim wave must not take etcd's quorum.",
     )
     workers: RoleSettings = Field(RoleSettings(spot=True, max_price=0.5), description="Workers run on spot by default.")
+    address_quota: int = Field(
+        256, ge=1, description="The project's quota of public IPv4 addresses; `reserve` refuses a cluster that needs more."
+    )
 
 
 class Provider(Strict):
