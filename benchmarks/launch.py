@@ -20,23 +20,13 @@ from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fakemetal import DOCUMENT, FakeMetal, Metal  # noqa: E402
+from fakemetal import DOCUMENT, FakeMetal, Metal, make_tls  # noqa: E402
 
-from vent_bake import example, pki  # noqa: E402
+from vent_bake import example  # noqa: E402
 from vent_bake.cli import main as vent  # noqa: E402
-from vent_bake.pki import CertSpec  # noqa: E402
 
 TOKEN, PROJECT = "bench-token", "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 TARGET_SECONDS = 5.0
-
-
-def tls(directory: Path) -> None:
-    ca_key, key = pki.new_key("ecdsa-p256"), pki.new_key("ecdsa-p256")
-    ca = pki.issue(CertSpec("ca", "bench CA", issuer=None), ca_key, 1)
-    cert = pki.issue(CertSpec("server", "127.0.0.1", server=True, ips=("127.0.0.1",)), key, 1, ca, ca_key)
-    (directory / "ca.crt").write_bytes(pki.cert_pem(ca))
-    (directory / "server.crt").write_bytes(pki.cert_pem(cert))
-    (directory / "server.key").write_bytes(pki.key_pem(key))
 
 
 def cluster_file(directory: Path, nodes: int) -> Path:
@@ -82,7 +72,7 @@ def main():
         sys.exit(f"{DOCUMENT} is absent: the fake API needs the OpenAPI document")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        tls(base)
+        make_tls(base)
         print(f"vent-bake launch against the fake Metal API, {args.latency * 1000:.0f} ms added to every call, concurrency {args.concurrency}")
         results = {n: bench(base, n, args.latency, args.concurrency) for n in (25, 50, 100)}
         kinds = sorted({k for _, calls in results.values() for k in calls})

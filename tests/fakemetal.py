@@ -299,6 +299,21 @@ def route(m: Metal, method: str, path: str, query: dict, body: dict):
     return 404, {"errors": [f"no route for {method} {path}"]}
 
 
+def make_tls(directory: Path) -> Path:
+    """A test CA (ca.crt) and a server certificate for 127.0.0.1 (server.crt, server.key) in
+    directory, made with vent-bake's own PKI code; returns directory."""
+    from vent_bake import pki
+    from vent_bake.pki import CertSpec
+
+    ca_key, key = pki.new_key("ecdsa-p256"), pki.new_key("ecdsa-p256")
+    ca = pki.issue(CertSpec("ca", "fake metal test CA", issuer=None), ca_key, 1)
+    cert = pki.issue(CertSpec("server", "127.0.0.1", server=True, ips=("127.0.0.1",)), key, 1, ca, ca_key)
+    (directory / "ca.crt").write_bytes(pki.cert_pem(ca))
+    (directory / "server.crt").write_bytes(pki.cert_pem(cert))
+    (directory / "server.key").write_bytes(pki.key_pem(key))
+    return directory
+
+
 class _Server(http.server.ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         pass  # a client that went away (killed, timed out) is part of what the tests do

@@ -11,8 +11,6 @@ import packet
 import pytest
 
 from conftest import cli
-from vent_bake import pki
-from vent_bake.pki import CertSpec
 
 SHARED_DOC = Path(__file__).resolve().parents[2] / "shared" / "metal-openapi.json"
 pytestmark = pytest.mark.skipif(not SHARED_DOC.is_file(), reason="../shared/metal-openapi.json is absent: no API document to fake")
@@ -24,15 +22,9 @@ NODES = ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory):
-    """A test CA and a certificate for 127.0.0.1, made with vent-bake's own PKI code."""
-    out = tmp_path_factory.mktemp("tls")
-    ca_key, key = pki.new_key("ecdsa-p256"), pki.new_key("ecdsa-p256")
-    ca = pki.issue(CertSpec("ca", "fake metal test CA", issuer=None), ca_key, 1)
-    cert = pki.issue(CertSpec("server", "127.0.0.1", server=True, ips=("127.0.0.1",)), key, 1, ca, ca_key)
-    (out / "ca.crt").write_bytes(pki.cert_pem(ca))
-    (out / "server.crt").write_bytes(pki.cert_pem(cert))
-    (out / "server.key").write_bytes(pki.key_pem(key))
-    return out
+    from fakemetal import make_tls
+
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
