@@ -2,6 +2,7 @@
 
 import base64
 import gzip
+import json
 import os
 import stat
 
@@ -49,7 +50,7 @@ def test_adding_a_worker_adds_only_its_files(fresh):
     assert "issued: nodes/worker-2\n" in result.stdout
     changed = diff(before_a, tree(fresh / "artifacts"))
     assert changed and {p for p in changed if not p.startswith("nodes/worker-2/")} == {"pki/nodes/worker-2.crt", "MANIFEST"}
-    assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key"}
+    assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key", "artifacts.cache"}
 
 
 def test_moving_a_controller_reissues_exactly_what_names_it(fresh):
@@ -200,3 +201,16 @@ def test_manifest_lists_every_artifact(rendered):
     assert lines[0].startswith("vent-bake artifacts; inputs sha256:")
     listed = dict(reversed(line.split("  ", 1)) for line in lines[1:])
     assert listed == {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
+
+
+def test_an_edit_in_the_same_clock_tick_as_the_render_is_still_seen(fresh):
+    """The stat cache must not trust a file whose mtime is not older than the cache itself."""
+    path = fresh / "artifacts/nodes/worker-1/files/etc/systemd/system/kubelet.service"
+    original = path.read_text()
+    cache = fresh / ".vent/artifacts.cache"
+    _, mtime = json.loads(cache.read_text())["files"]["nodes/worker-1/files/etc/systemd/system/kubelet.service"]
+    path.write_text(original.replace("--v=2", "--v=9"))  # the same size...
+    os.utime(path, ns=(mtime, mtime))  # ...and the mtime the cache recorded for it...
+    os.utime(cache, ns=(mtime, mtime))  # ...in the very clock tick the cache was written
+    result = render(fresh / "cluster.yaml")
+    assert "artifacts written" in result.stdout and path.read_text() == original

@@ -8,6 +8,8 @@ render succeeds. When the inputs match artifacts/MANIFEST and the files their di
 there is nothing to render.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from vent_bake import certs, config, fsutil, manifest, render, secrets
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
-from vent_bake.state import ADMIN_KUBECONFIG, State
+from vent_bake.state import ADMIN_KUBECONFIG, ARTIFACTS_CACHE, State
 
 # Top-level entries of the artifacts directory that vent-bake owns; anything else there (a
 # README, .gitattributes) is the operator's and is kept.
@@ -55,10 +57,8 @@ def load(paths: Paths) -> tuple[bytes, Cluster, State]:
 def bake(paths: Paths) -> Result:
     text, cluster, state = load(paths)
     warnings = config.warnings(cluster)
-    inputs = manifest.inputs_digest(text, state)
-    unchanged = unchanged_artifacts(paths.out, inputs)
-    if unchanged is not None:
-        sizes = {n.name: _revealed_size(unchanged[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
+    sizes = unchanged_sizes(paths.out, manifest.inputs_digest(text, state), cluster, state)
+    if sizes is not None:
         return Result(cluster, [], [], False, warnings, sizes)
 
     issued, dropped = certs.ensure(cluster, render.addresses(cluster, state), state)
@@ -71,7 +71,47 @@ def bake(paths: Paths) -> Result:
     tree[manifest.NAME] = manifest.render(manifest.inputs_digest(text, state), tree)
     state.save()
     write_artifacts(paths.out, tree)
+    remember(paths.out, manifest.inputs_digest(text, state), sizes, state)
     return Result(cluster, issued, dropped, True, warnings, sizes)
+
+
+def unchanged_sizes(out: Path, inputs: str, cluster: Cluster, state: State) -> dict[str, int] | None:
+    """Each node's userdata size, if the artifacts are exactly what these inputs render; else None.
+
+    Like git's index: when every file has the size and mtime it had when last known good,
+    nothing was touched; otherwise every file is checked against its digest in the manifest.
+    """
+    cached = json.loads(state.get(ARTIFACTS_CACHE) or "null")
+    if cached and cached["inputs"] == inputs and cached["files"] == _stats(out) and not _racy(out, cached, state):
+        return cached["sizes"]
+    tree = unchanged_artifacts(out, inputs)
+    if tree is None:
+        return None
+    sizes = {n.name: _revealed_size(tree[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
+    remember(out, inputs, sizes, state)
+    return sizes
+
+
+def _racy(out: Path, cached: dict, state: State) -> bool:
+    """Whether a file written in the same clock tick as the cache was edited since: a file whose
+    mtime is not older than the cache's cannot be trusted by its stat alone (git calls it
+    "racily clean"), so its content is checked against the manifest."""
+    since = os.stat(state.root / ARTIFACTS_CACHE).st_mtime_ns
+    suspects = [p for p, (_, mtime) in cached["files"].items() if mtime >= since]
+    if not suspects:
+        return False
+    listed = manifest.parse((out / manifest.NAME).read_bytes())
+    digests = listed[1] if listed else {}
+    return any(p != manifest.NAME and digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest() for p in suspects)
+
+
+def _stats(out: Path) -> dict[str, list[int]]:
+    return {p: st for p, st in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ARTIFACT_ENTRIES}
+
+
+def remember(out: Path, inputs: str, sizes: dict[str, int], state: State) -> None:
+    record = {"inputs": inputs, "sizes": sizes, "files": _stats(out)}
+    state.write_now(ARTIFACTS_CACHE, json.dumps(record, separators=(",", ":")).encode())
 
 
 def _revealed_size(reviewed: str, state: State, node: str) -> int:

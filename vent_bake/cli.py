@@ -109,7 +109,7 @@ def verify(cluster_file: Path, out: Path | None, state: Path | None, days: int, 
     """Cross-check the rendered bundle (artifacts and state) before launching it."""
     from vent_bake import verify as checks
 
-    findings = checks.run(checks.load(bake.Paths.resolve(cluster_file, out, state)), days)
+    findings = checks.run(checks.load(bake.Paths.resolve(cluster_file, out, state), days))
     click.echo(checks.report(findings, as_json))
     sys.exit(1 if any(f.level == "error" for f in findings) else 0)
 

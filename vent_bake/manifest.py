@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 
 from vent_bake import templates
-from vent_bake.state import ADMIN_KUBECONFIG, State
+from vent_bake.state import DERIVED, State
 
 NAME = "MANIFEST"
 HEADER = "vent-bake artifacts; inputs sha256:"
@@ -34,7 +34,7 @@ def code_digest() -> str:
 def inputs_digest(cluster_text: bytes, state: State) -> str:
     h = hashlib.sha256(code_digest().encode() + b"\0" + hashlib.sha256(cluster_text).digest())
     for name in sorted(state.files):
-        if name != ADMIN_KUBECONFIG:  # made by the render itself
+        if name not in DERIVED:
             h.update(f"{name}\0".encode() + hashlib.sha256(state.files[name]).digest())
     return h.hexdigest()
 

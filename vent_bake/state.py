@@ -17,6 +17,8 @@ from vent_bake.errors import StateError
 ENCRYPTION_KEY = "secrets/encryption.key"
 ADDRESSES = "addresses.yaml"  # reserved addresses, written by `vent-bake reserve`
 ADMIN_KUBECONFIG = "admin.kubeconfig"  # the operator's credential, revealed
+ARTIFACTS_CACHE = "artifacts.cache"  # the artifacts' sizes and mtimes when last known good (bake.py)
+DERIVED = frozenset({ADMIN_KUBECONFIG, ARTIFACTS_CACHE})  # made by a render, not an input to it
 
 
 class State:
@@ -63,6 +65,14 @@ class State:
     def reserved_addresses(self) -> dict[str, str]:
         data = self.get(ADDRESSES)
         return (yaml.safe_load(data) or {}) if data else {}
+
+    def write_now(self, name: str, data: bytes) -> None:
+        """Write one file of an existing state directory at once, without rewriting the rest."""
+        try:
+            fsutil.write_file(self.root / name, data)
+        except OSError as exc:
+            raise StateError(f"{self.root}: cannot write {name} ({exc.strerror})") from None
+        self.files[name] = data
 
     def save(self) -> None:
         if not self.changed:

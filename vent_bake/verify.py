@@ -44,6 +44,7 @@ class Bundle:
     state: State
     tree: dict[str, bytes]
     inputs: str
+    days: int = 30  # warn of certificates expiring within this many days
 
     def text(self, path: str) -> str | None:
         data = self.tree.get(path)
@@ -54,17 +55,15 @@ class Bundle:
         return {p[len(prefix):]: d.decode(errors="replace") for p, d in self.tree.items() if p.startswith(prefix + "/")}
 
 
-def load(paths: bake.Paths) -> Bundle:
+def load(paths: bake.Paths, days: int = 30) -> Bundle:
     text, cluster, state = bake.load(paths)
-    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state))
+    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state), days)
 
 
-def run(bundle: Bundle, days: int) -> list[Finding]:
-    findings = []
-    for check in (check_manifest, check_certificates, check_kubeconfigs, check_references,
-                  check_secrets, check_privilege, check_sizes, check_ranges):
-        findings += check(bundle, days) if check is check_certificates else check(bundle)
-    return findings
+def run(bundle: Bundle) -> list[Finding]:
+    checks = (check_manifest, check_certificates, check_kubeconfigs, check_references,
+              check_secrets, check_privilege, check_sizes, check_ranges)
+    return [finding for check in checks for finding in check(bundle)]
 
 
 def report(findings: list[Finding], as_json: bool) -> str:
@@ -100,9 +99,9 @@ def _load_cert(data: bytes | None):
         return None
 
 
-def check_certificates(b: Bundle, days: int):
+def check_certificates(b: Bundle):
     now = datetime.datetime.now(datetime.timezone.utc)
-    soon = now + datetime.timedelta(days=days)
+    soon = now + datetime.timedelta(days=b.days)
     cas = {name: _load_cert(b.tree.get(f"pki/{name}.crt")) for name in (certs.CLUSTER_CA, certs.ETCD_CA)}
     for spec in certs.plan(b.cluster, bake.render.addresses(b.cluster, b.state)):
         where = f"pki/{spec.name}.crt"
@@ -120,7 +119,7 @@ def check_certificates(b: Bundle, days: int):
         if cert.not_valid_after_utc <= now or cert.not_valid_before_utc > now:
             yield Finding("certificate", where, f"not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
         elif cert.not_valid_after_utc <= soon:
-            yield Finding("certificate", where, f"expires {cert.not_valid_after_utc:%Y-%m-%d}, within {days} days", "warning")
+            yield Finding("certificate", where, f"expires {cert.not_valid_after_utc:%Y-%m-%d}, within {b.days} days", "warning")
         yield from (Finding("certificate", where, m) for m in _spec_mismatches(cert, spec))
         key = b.state.get(certs.key_path(spec.name))
         if key is None:
