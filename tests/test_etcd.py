@@ -9,6 +9,7 @@ namespaces are joined by a bridge in a hub namespace and reach nothing else.
 etcd here is Debian's 3.4; the rendered flags need no 3.5-only flag, so none is dropped.
 """
 
+import contextlib
 import http.server
 import json
 import os
@@ -47,32 +48,40 @@ def netns(name: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
     return sh("ip", "netns", "exec", name, *cmd, **kw)
 
 
-@pytest.fixture(scope="module")
-def network():
-    """Hub namespace with a bridge; one namespace per controller on it."""
+@contextlib.contextmanager
+def namespaces(tag: str, source_routing: bool = True):
+    """A hub namespace with a bridge, and one namespace per controller on it, holding a primary
+    address and its reserved one. With source_routing, traffic to the other controllers leaves
+    from the reserved address, as the network unit arranges; without, from the primary."""
     need("ip", "etcd", "etcdctl")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
-    hub = f"{TAG}-hub"
-    names = {host: f"{TAG}-c{i}" for i, host in enumerate(CONTROLLERS)}
+    hub = f"{tag}-hub"
+    names = {host: f"{tag}-c{i}" for i, host in enumerate(CONTROLLERS)}
     try:
         sh("ip", "netns", "add", hub)
         netns(hub, "ip", "link", "add", "br0", "type", "bridge")
         netns(hub, "ip", "link", "set", "br0", "up")
         for i, (host, ns) in enumerate(names.items()):
             sh("ip", "netns", "add", ns)
-            sh("ip", "link", "add", f"{TAG}h{i}", "netns", hub, "type", "veth", "peer", "name", "bond0", "netns", ns)
-            netns(hub, "ip", "link", "set", f"{TAG}h{i}", "master", "br0", "up")
+            sh("ip", "link", "add", f"{tag}h{i}", "netns", hub, "type", "veth", "peer", "name", "bond0", "netns", ns)
+            netns(hub, "ip", "link", "set", f"{tag}h{i}", "master", "br0", "up")
             netns(ns, "ip", "link", "set", "lo", "up")
             netns(ns, "ip", "link", "set", "bond0", "up")
             netns(ns, "ip", "addr", "add", f"{PRIMARY[host]}/24", "dev", "bond0")
             netns(ns, "ip", "addr", "add", f"{CONTROLLERS[host]}/32", "dev", "bond0")
-            # the reserved addresses of the others are reached from our own reserved address
-            netns(ns, "ip", "route", "add", "198.18.0.0/24", "dev", "bond0", "src", CONTROLLERS[host])
+            source = ["src", CONTROLLERS[host]] if source_routing else []
+            netns(ns, "ip", "route", "add", "198.18.0.0/24", "dev", "bond0", *source)
         yield names
     finally:
         for ns in [*names.values(), hub]:
             sh("ip", "netns", "delete", ns, check=False)
+
+
+@pytest.fixture(scope="module")
+def network():
+    with namespaces(TAG) as names:
+        yield names
 
 
 @pytest.fixture(scope="module")
@@ -121,25 +130,24 @@ def url(host: str) -> str:
     return f"https://{CONTROLLERS[host]}:2379"
 
 
-@pytest.fixture(scope="module")
-def cluster(network, controllers, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("etcd-logs")
+@contextlib.contextmanager
+def etcd_cluster(network: dict, controllers: dict, logs: Path, wait: float = 60):
+    """The three members, each in its namespace; yields (processes, healthy?)."""
     procs = {}
     try:
         for host, (root, argv) in controllers.items():
-            log = open(logs / f"{host}.log", "w")
-            procs[host] = subprocess.Popen(["ip", "netns", "exec", network[host], *argv], stdout=log, stderr=subprocess.STDOUT)
+            with open(logs / f"{host}.log", "w") as log:
+                procs[host] = subprocess.Popen(["ip", "netns", "exec", network[host], *argv], stdout=log, stderr=subprocess.STDOUT)
         root0 = controllers["controller-0"][0]
-        deadline = time.monotonic() + 60
-        while True:
+        deadline = time.monotonic() + wait
+        healthy = False
+        while time.monotonic() < deadline:
             health = etcdctl(network["controller-0"], root0, [url(h) for h in CONTROLLERS], "endpoint", "health", check=False)
             if health.returncode == 0:
+                healthy = True
                 break
-            if time.monotonic() > deadline:
-                tails = {h: (logs / f"{h}.log").read_text()[-2000:] for h in CONTROLLERS}
-                pytest.fail(f"etcd never became healthy: {health.stderr}\n{tails}")
             time.sleep(0.5)
-        yield procs
+        yield procs, healthy
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
@@ -148,6 +156,15 @@ def cluster(network, controllers, tmp_path_factory):
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(network, controllers, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("etcd-logs")
+    with etcd_cluster(network, controllers, logs) as (procs, healthy):
+        if not healthy:
+            pytest.fail(f"etcd never became healthy: {[(logs / f'{h}.log').read_text()[-1500:] for h in CONTROLLERS]}")
+        yield procs
 
 
 def test_quorum_from_the_rendered_files(network, controllers, cluster):
@@ -184,6 +201,24 @@ def test_quorum_from_the_rendered_files(network, controllers, cluster):
     got = etcdctl(network[rest[1]], controllers[rest[1]][0], [url(rest[1])], "get", "/vent/after", "--print-value-only")
     assert got.stdout.strip() == "leader-gone"
     assert etcdctl(ns, root, [url(rest[0])], "get", "/vent/probe", "--print-value-only").stdout.strip() == "from-controller-0"
+
+
+def test_peers_speaking_from_the_wrong_address_are_refused(rendered, tmp_path_factory, cluster):
+    """The control for the test above: with peer traffic leaving from the primary address,
+    which no certificate names, etcd refuses its peers and never forms a cluster. A test
+    whose namespaces held one address each could not tell these two cases apart."""
+    base = tmp_path_factory.mktemp("unrouted")
+    controllers = {}
+    for host in CONTROLLERS:
+        userdata = base / f"{host}.userdata"
+        userdata.write_text(cli("userdata", host, "-c", rendered / "cluster.yaml", "--reveal").stdout)
+        root = write_files(userdata, base / host / "root")
+        controllers[host] = (root, etcd_command(root, base / host / "data"))
+    with namespaces(f"{TAG}x", source_routing=False) as network:
+        with etcd_cluster(network, controllers, base, wait=10) as (_, healthy):
+            assert not healthy
+    logs = "".join((base / f"{h}.log").read_text() for h in CONTROLLERS)
+    assert 'rejected connection from "192.0.2.10:' in logs and 'tls: \\"192.0.2.10\\" does not match any of DNSNames' in logs, logs[-3000:]
 
 
 # --- mutual TLS against the rendered apiserver certificate ---------------------------------------
