@@ -42,18 +42,25 @@ step_prep() {
     sysctl --quiet --system
     swapoff -a
     sed -i -E '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab
+    local package missing=()
+    for package in $PACKAGES; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+    # The distro's haproxy unit would bind its own config; ours is api-balancer.service.
+    systemctl disable --now haproxy.service 2>/dev/null || true
+}
+
+install_packages() {
     local attempt
     for attempt in $(seq 1 "$ATTEMPTS"); do
-        # shellcheck disable=SC2086 # the package list is meant to split
-        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PACKAGES; then
-            # The distro's haproxy unit would bind its own config; ours is api-balancer.service.
-            systemctl disable --now haproxy.service 2>/dev/null || true
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; then
             return 0
         fi
-        log "prep: package install failed (attempt $attempt of $ATTEMPTS)"
+        log "prep: installing $* failed (attempt $attempt of $ATTEMPTS)"
         sleep $((BACKOFF ** attempt))
     done
-    fail "prep: could not install $PACKAGES"
+    fail "prep: could not install $*"
 }
 
 # --- 2. networking is vent-network.service, started below and at every boot ------------------
