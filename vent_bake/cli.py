@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vent_bake import __version__, bake, config, example, userdata
+from vent_bake import __version__, bake, config, example, launch, userdata
 from vent_bake.errors import VentError
 
 cluster_option = click.option(
@@ -114,12 +114,11 @@ def verify(cluster_file: Path, out: Path | None, state: Path | None, days: int, 
     sys.exit(1 if any(f.level == "error" for f in findings) else 0)
 
 
-def _provider_context(cluster_file, out, state):
-    from vent_bake import launch
-
+def _at_provider(cluster_file: Path, out: Path | None = None, state: Path | None = None):
+    """(paths, cluster file bytes, cluster, state, provider) for the commands that talk to the provider."""
     paths = bake.Paths.resolve(cluster_file, out, state)
     text, cluster, st = bake.load(paths)
-    return launch, paths, text, cluster, st, launch.provider_for(cluster, os.environ)
+    return paths, text, cluster, st, launch.provider_for(cluster, os.environ)
 
 
 @main.command()
@@ -127,7 +126,7 @@ def _provider_context(cluster_file, out, state):
 @state_option
 def reserve(cluster_file: Path, state: Path | None):
     """Reserve one public IPv4 address per node in the project; idempotent."""
-    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
     made = launch.reserve(cluster, st, provider, click.echo)
     click.echo(f"{len(made)} addresses reserved, {len(cluster.nodes) - len(made)} already held; now run `vent-bake render`")
 
@@ -136,7 +135,7 @@ def reserve(cluster_file: Path, state: Path | None):
 @cluster_option
 def prices(cluster_file: Path):
     """The spot price of each role's plan in every metro, against the configured maximum."""
-    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, None)
+    _, _, cluster, _, provider = _at_provider(cluster_file)
     for role in ("controllers", "workers"):
         settings = getattr(cluster.provider.packet, role)
         quotes = provider.spot_prices(settings.plan)
@@ -159,7 +158,7 @@ def prices(cluster_file: Path):
 @click.option("--poll", type=click.FloatRange(min=0.05), default=5, show_default=True, help="Seconds between status checks.")
 def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeout, poll):
     """Create every missing device with its reviewed userdata, assign its address, wait for active."""
-    launch, paths, text, cluster, st, provider = _provider_context(cluster_file, out, state)
+    paths, text, cluster, st, provider = _at_provider(cluster_file, out, state)
     userdata = launch.check_launchable(paths, cluster, st, text, provider)
     if not yes:
         if not sys.stdin.isatty():
@@ -177,7 +176,7 @@ def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeou
 @click.option("--json", "as_json", is_flag=True)
 def status(cluster_file, state, as_json):
     """Each node's device, state, address and price."""
-    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
     rows = launch.status(cluster, st, provider)
     click.echo(json.dumps(rows, indent=2) if as_json else launch.format_table(rows))
 
@@ -188,7 +187,7 @@ def status(cluster_file, state, as_json):
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def destroy(cluster_file, state, yes):
     """Delete this cluster's devices and address reservations (found by tag, nothing else)."""
-    launch, paths, _, cluster, st, provider = _provider_context(cluster_file, None, state)
+    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
     if not yes:
         if not sys.stdin.isatty():
             raise VentError("destroy deletes machines: pass --yes to confirm without a terminal")
