@@ -5,43 +5,40 @@ A failure at any point before the swap leaves the old tree exactly as it was.
 
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 
-def read_tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root, by its path relative to root ('/'-separated)."""
-    out: dict[str, bytes] = {}
+def _files(root: Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """(path relative to root, '/'-separated; its directory entry) for every regular file below root."""
 
-    def walk(directory: str, prefix: str) -> None:
+    def walk(directory: str, prefix: str):
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, f"{prefix}{entry.name}/")
+                    yield from walk(entry.path, f"{prefix}{entry.name}/")
                 elif entry.is_file(follow_symlinks=False):
-                    with open(entry.path, "rb") as fh:
-                        out[prefix + entry.name] = fh.read()
+                    yield prefix + entry.name, entry
 
     if os.path.isdir(root):
-        walk(os.fspath(root), "")
+        yield from walk(os.fspath(root), "")
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every regular file below root, by its relative path."""
+    out = {}
+    for rel, entry in _files(root):
+        with open(entry.path, "rb") as fh:
+            out[rel] = fh.read()
     return out
 
 
 def stat_tree(root: Path) -> dict[str, list[int]]:
     """Every regular file below root with its [size, mtime_ns]: what changed, without reading."""
-    out: dict[str, list[int]] = {}
-
-    def walk(directory: str, prefix: str) -> None:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, f"{prefix}{entry.name}/")
-                elif entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    out[prefix + entry.name] = [st.st_size, st.st_mtime_ns]
-
-    if os.path.isdir(root):
-        walk(os.fspath(root), "")
+    out = {}
+    for rel, entry in _files(root):
+        st = entry.stat(follow_symlinks=False)
+        out[rel] = [st.st_size, st.st_mtime_ns]
     return out
 
 
