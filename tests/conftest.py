@@ -1,6 +1,9 @@
 """Shared fixtures: an example cluster rendered once, and fresh copies for tests that change it."""
 
+import functools
+import http.server
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,22 @@ def fresh(rendered, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def state(rendered) -> State:
     return State.load(rendered / ".vent")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www: (that directory, its base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

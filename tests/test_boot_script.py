@@ -1,16 +1,11 @@
 """The boot script's download-and-verify step, run for real against a local HTTP mirror: a file
 whose digest matches is installed; a tampered one never is, and nothing else is either."""
 
-import functools
 import hashlib
-import http.server
 import io
 import subprocess
 import tarfile
-import threading
 from pathlib import Path
-
-import pytest
 
 BOOT = Path(__file__).parents[1] / "cloudinit" / "boot.sh"
 GOOD = b"#!/bin/sh\necho genuine\n"
@@ -25,21 +20,6 @@ def tarball(members: dict[str, bytes]) -> bytes:
             info.size, info.mode = len(data), 0o755
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
-
-
-@pytest.fixture
-def mirror(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def run_boot(tmp_path: Path, lines: list[str], *steps: str) -> subprocess.CompletedProcess:
@@ -111,7 +91,7 @@ def test_unreachable_mirror_fails_loudly(tmp_path):
 def test_rendered_download_list_matches_the_lock(rendered):
     from vent_bake import lock
 
-    pinned = {(e[a]["url"], e[a].get("sha512") or e[a]["sha256"]) for e in lock.components("v1.32.8").values()
+    pinned = {(e[a]["url"], e[a].get("sha512") or e[a]["sha256"]) for e in lock.packaged()["v1.32.8"].values()
               if isinstance(e, dict) and "amd64" in e for a in ["amd64"]}
     for node in ("controller-0", "worker-0"):
         rows = (rendered / f"artifacts/nodes/{node}/files/etc/vent/downloads.tsv").read_text().splitlines()

@@ -57,7 +57,7 @@ def load(paths: Paths) -> tuple[bytes, Cluster, State]:
 def bake(paths: Paths) -> Result:
     text, cluster, state = load(paths)
     warnings = config.warnings(cluster)
-    sizes = unchanged_sizes(paths.out, manifest.inputs_digest(text, state), cluster, state)
+    sizes = unchanged_sizes(paths.out, manifest.inputs_digest(text, state, cluster), cluster, state)
     if sizes is not None:
         return Result(cluster, [], [], False, warnings, sizes)
 
@@ -68,10 +68,10 @@ def bake(paths: Paths) -> Result:
     state.put(ADMIN_KUBECONFIG, reveal(bundle.shared["admin.kubeconfig"].content, state, "admin.kubeconfig").encode())
     sizes = {host: _revealed_size(nb.userdata, state, host) for host, nb in bundle.nodes.items()}
     tree = bundle.tree()
-    tree[manifest.NAME] = manifest.render(manifest.inputs_digest(text, state), tree)
+    tree[manifest.NAME] = manifest.render(manifest.inputs_digest(text, state, cluster), tree)
     state.save()
     write_artifacts(paths.out, tree)
-    remember(paths.out, manifest.inputs_digest(text, state), sizes, state)
+    remember(paths.out, manifest.inputs_digest(text, state, cluster), sizes, state)
     return Result(cluster, issued, dropped, True, warnings, sizes)
 
 

@@ -13,12 +13,12 @@ from vent_bake.config import Cluster
 
 BIN = "/usr/local/bin"
 CNI_BIN = "/opt/cni/bin"
+CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap", "bandwidth")
+SBIN = {"runc"}  # installed in /usr/local/sbin
 
-# Component -> where its binaries go. Controllers take kube-proxy and kubectl from the server
-# tarball; workers take kube-proxy from the smaller node tarball.
-WORKER = ("kubernetes-node", "kubelet", "containerd", "runc", "cni-plugins", "crictl", "runsc", "containerd-shim-runsc-v1", "flanneld")
-CONTROLLER = ("kubernetes-server", "etcd", *(c for c in WORKER if c != "kubernetes-node"))
-PLAIN = {"runc": "/usr/local/sbin/runc"}  # a plain binary installs at BIN/<name> unless named here
+WORKER = ("kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "runc", *CNI_PLUGINS,
+          "crictl", "runsc", "containerd-shim-runsc-v1", "flanneld")
+CONTROLLER = (*WORKER, "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "etcdctl", "etcdutl")
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,48 @@ def mirrored(url: str, mirror: str | None) -> str:
     return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
 
 
-def _dest(component: str, binary: str) -> str:
-    return f"{CNI_BIN}/{binary}" if component == "cni-plugins" else f"{BIN}/{binary}"
+def destination(binary: str) -> str:
+    if binary in CNI_PLUGINS:
+        return f"{CNI_BIN}/{binary}"
+    return f"/usr/local/sbin/{binary}" if binary in SBIN else f"{BIN}/{binary}"
+
+
+def choose(components: dict, needed: set[str]) -> dict[str, set[str]]:
+    """Which component supplies which needed binaries. Archives that bring several needed
+    binaries come first (they are downloaded anyway), then plain binaries, then whatever
+    archive brings the most of the rest with the least besides."""
+    entries = {n: e for n, e in components.items() if n != "images"}
+    left, out = set(needed), {}
+    for name, entry in entries.items():
+        if "extract" in entry and len(lock.provides(name, entry) & left) >= 2:
+            out[name] = lock.provides(name, entry) & left
+            left -= out[name]
+    for name, entry in entries.items():
+        if "extract" not in entry and name in left:
+            out[name] = {name}
+            left.discard(name)
+    while left:
+        name = max((n for n in entries if "extract" in entries[n]),
+                   key=lambda n: (len(lock.provides(n, entries[n]) & left), -len(lock.provides(n, entries[n]))), default=None)
+        if name is None or not lock.provides(name, entries[name]) & left:
+            raise lock.LockError(f"the binaries lock has nothing that installs {', '.join(sorted(left))}")
+        out[name] = lock.provides(name, entries[name]) & left
+        left -= out[name]
+    return out
 
 
 def downloads(cluster: Cluster, role: str) -> list[Download]:
-    components = lock.components(cluster.versions.kubernetes)
+    components = cluster.lock[cluster.versions.kubernetes]
+    chosen = choose(components, set(CONTROLLER if role == "controller" else WORKER))
     out = []
-    for name in CONTROLLER if role == "controller" else WORKER:
-        entry = components[name]
-        pinned = entry[cluster.arch]
-        algorithm = "sha512" if "sha512" in pinned else "sha256"
+    for name, entry in components.items():  # the lock's order: the same inputs, the same lines
+        if name not in chosen:
+            continue
+        algorithm, digest = lock.pinned(entry, cluster.arch)
         if "extract" in entry:
-            installs = ",".join(f"{_dest(name, b)}={m.format(arch=cluster.arch)}" for b, m in entry["extract"].items())
+            members = entry["extract"]
+            installs = ",".join(f"{destination(b)}={members[b].format(arch=cluster.arch)}" for b in members if b in chosen[name])
         else:
-            installs = PLAIN.get(name, f"{BIN}/{name}")
-        out.append(Download(name, mirrored(pinned["url"], cluster.mirror), algorithm, pinned[algorithm], installs))
+            installs = destination(name)
+        out.append(Download(name, mirrored(entry[cluster.arch]["url"], cluster.mirror), algorithm, digest, installs))
     return out

@@ -196,6 +196,22 @@ def destroy(cluster_file, state, yes):
     click.echo(f"deleted {devices} devices and {addresses} address reservations")
 
 
+@main.command("lock")
+@cluster_option
+@click.option("--kubernetes", "version", help="Kubernetes version to pin, e.g. v1.32.9 [default: the cluster file's].")
+@click.option("--from", "source", help="Fetch the checksum files from this mirror of the official hosts (<URL>/<host>/<path>).")
+def lock_command(cluster_file: Path, version: str | None, source: str | None):
+    """Pin a Kubernetes version's binaries from the published checksum files (online).
+
+    Writes binaries.lock.yaml beside the cluster file; review it like code."""
+    from vent_bake import pinning
+
+    target, notes = pinning.pin(cluster_file, version, source)
+    for note in notes:
+        click.echo(f"note: {note}")
+    click.echo(f"pinned {target[0]} in {target[1]}; now run `vent-bake render`")
+
+
 @main.command()
 def schema():
     """Print the JSON Schema of the cluster file."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from vent_bake import lock
 from vent_bake.errors import ConfigError
@@ -156,6 +156,14 @@ class Cluster(Strict):
     controllers: list[Node]
     workers: list[Node] = []
 
+    # The binaries lock in force: the packaged one, with a project lock beside the cluster
+    # file taking its place for the versions it names (set by `parse`).
+    _lock: dict = PrivateAttr(default_factory=dict)
+
+    @property
+    def lock(self) -> dict:
+        return self._lock or lock.packaged()
+
     @property
     def nodes(self) -> list[Node]:
         return [*self.controllers, *self.workers]
@@ -217,7 +225,7 @@ def _problem(err: dict) -> str:
     return f"{msg[0].lower()}{msg[1:]} (got {err['input']!r})" if "input" in err else msg
 
 
-def parse(text: str, source: str) -> Cluster:
+def parse(text: str, source: str, project_lock: dict | None = None) -> Cluster:
     """Parse and validate a cluster file's text; raise ConfigError naming the field."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
@@ -236,6 +244,7 @@ def parse(text: str, source: str) -> Cluster:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(source, _field_path(err["loc"]), _problem(err)) from None
+    cluster._lock = lock.merged(project_lock)
     for path, problem in check(cluster):
         raise ConfigError(source, path, problem)
     return cluster
@@ -251,12 +260,25 @@ def read(path: Path) -> bytes:
 
 
 def load(path: Path, text: bytes | None = None) -> Cluster:
-    """The cluster file at path (its bytes, if already read), validated."""
+    """The cluster file at path (its bytes, if already read), validated, with the project's
+    binaries lock beside it if there is one."""
     text = read(path) if text is None else text
     try:
-        return parse(text.decode(), str(path))
+        return parse(text.decode(), str(path), read_project_lock(path.parent / lock.PROJECT_LOCK))
     except UnicodeDecodeError:
         raise ConfigError(str(path), "", "not UTF-8 text; save the file as UTF-8") from None
+
+
+def read_project_lock(path: Path) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), "", f"cannot read the project's binaries lock ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(str(path), "", "must map Kubernetes versions to components; `vent-bake lock` writes it")
+    return data
 
 
 # --- rules across fields ---------------------------------------------------------------------
@@ -266,8 +288,8 @@ def check(c: Cluster):
     """Yield (field path, problem) for every rule the cluster breaks, most basic first."""
     if not c.controllers:
         yield "controllers", "at least one controller is needed (three for a highly available etcd)"
-    if c.versions.kubernetes not in lock.kubernetes_versions():
-        known = ", ".join(lock.kubernetes_versions())
+    if c.versions.kubernetes not in c.lock:
+        known = ", ".join(sorted(c.lock))
         yield "versions.kubernetes", (
             f"{c.versions.kubernetes} is not in the binaries lock (known: {known});"
             " pick one of those or add it with `vent-bake lock`"

@@ -24,7 +24,7 @@ def cluster_yaml(name: str = "vent", controllers: int = 3, workers: int = 2) -> 
     return templates.render(
         "configs/cluster.yaml",
         name=name,
-        kubernetes=lock.kubernetes_versions()[-1],
+        kubernetes=lock.newest(lock.packaged()),
         pod_cidr=pod_cidr(nodes),
         node_pod_prefix=NODE_POD_PREFIX,
         node_count=nodes,

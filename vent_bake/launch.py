@@ -98,7 +98,7 @@ def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: by
     listed = manifest.parse((paths.out / manifest.NAME).read_bytes()) if (paths.out / manifest.NAME).is_file() else None
     if listed is None:
         raise VentError(f"{paths.out}: no rendered artifacts: run `vent-bake render` and review them")
-    if listed[0] != manifest.inputs_digest(text, state):
+    if listed[0] != manifest.inputs_digest(text, state, cluster):
         raise VentError(f"{paths.out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
     tree = bake.read_artifacts(paths.out)
     tree.pop(manifest.NAME, None)

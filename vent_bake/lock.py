@@ -1,22 +1,119 @@
-"""The binaries lock (binaries.lock.yaml beside this file): pinned URLs and digests."""
+"""The binaries lock: pinned URLs and digests, per Kubernetes version.
 
+The packaged lock (binaries.lock.yaml beside this file) holds only digests copied from
+published checksum files. A project can add versions, or pin per-binary digests, with a
+`binaries.lock.yaml` beside its cluster file, written by `vent-bake lock` (run online):
+its versions take the place of the packaged ones of the same name.
+"""
+
+import re
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
 
 import yaml
 
+from vent_bake.errors import VentError
+
 ARCHES = ("amd64", "arm64")
+PROJECT_LOCK = "binaries.lock.yaml"
+KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "kubectl")
+HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "sha512": re.compile(r"[0-9a-f]{128}")}
+
+
+class LockError(VentError):
+    """A checksum file could not be had, or contradicts a pinned digest."""
 
 
 @cache
-def load() -> dict:
-    """Kubernetes version -> component name -> entry, as the lock file holds it."""
+def packaged() -> dict:
+    """Kubernetes version -> component name -> entry, as the packaged lock holds it."""
     return yaml.safe_load(resources.files(__package__).joinpath("binaries.lock.yaml").read_text())
 
 
-def kubernetes_versions() -> list[str]:
-    return sorted(load())
+def merged(project: dict | None) -> dict:
+    return {**packaged(), **(project or {})}
 
 
-def components(kubernetes_version: str) -> dict:
-    return load()[kubernetes_version]
+def newest(lock: dict) -> str:
+    return max(lock, key=lambda v: tuple(int(p) for p in re.findall(r"\d+", v)))
+
+
+def provides(name: str, entry: dict) -> set[str]:
+    """The binaries a component installs: an archive's listed members, or the binary itself."""
+    return set(entry["extract"]) if "extract" in entry else {name}
+
+
+def pinned(entry: dict, arch: str) -> tuple[str, str]:
+    """(algorithm, digest) of a component for an arch."""
+    found = entry[arch]
+    algorithm = "sha512" if "sha512" in found else "sha256"
+    return algorithm, found[algorithm]
+
+
+# --- `vent-bake lock`: pinning a version from the published checksum files ------------------------
+
+def _algorithm(sums_url: str) -> str:
+    return "sha512" if "sha512" in sums_url.lower() else "sha256"
+
+
+def digest_in(text: str, filename: str, algorithm: str, where: str) -> str:
+    """The digest for filename in a checksum file: a bare digest, or `<digest>  [*]<name>` lines."""
+    bare = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or not HEX[algorithm].fullmatch(parts[0].lower()):
+            continue
+        if len(parts) == 1:
+            bare.append(parts[0].lower())
+        elif PurePosixPath(parts[-1].lstrip("*")).name == filename:
+            return parts[0].lower()
+    if len(bare) == 1:
+        return bare[0]
+    raise LockError(f"{where}: no {algorithm} digest for {filename}")
+
+
+def refresh(version: str, base: dict, fetch: Callable[[str], str]) -> tuple[dict, list[str]]:
+    """A lock entry for Kubernetes `version`: its binaries pinned one by one from dl.k8s.io's
+    .sha256 files, the other components of `base` (the newest known version) checked against
+    their published checksum files. Returns (entry, notes)."""
+    entry: dict = {}
+    notes: list[str] = []
+    for binary in KUBERNETES_BINARIES:
+        component = {"version": version}
+        for arch in ARCHES:
+            url = f"https://dl.k8s.io/{version}/bin/linux/{arch}/{binary}"
+            sums = f"{url}.sha256"
+            component[arch] = {"url": url, "sha256": digest_in(fetch(sums), binary, "sha256", sums), "sums": sums}
+        entry[binary] = component
+    for name, component in base.items():
+        if name == "images" or name.startswith("kubernetes-") or name in KUBERNETES_BINARIES:
+            continue
+        component = {k: (dict(v) if isinstance(v, dict) else v) for k, v in component.items()}
+        for arch in ARCHES:
+            found = component[arch]
+            if "sums" not in found:
+                notes.append(f"{name} ({arch}): no published checksum file; its pin is carried over unchecked")
+                continue
+            algorithm, digest = pinned(component, arch)
+            fetched = digest_in(fetch(found["sums"]), PurePosixPath(urlsplit(found["url"]).path).name, _algorithm(found["sums"]), found["sums"])
+            if _algorithm(found["sums"]) == algorithm and fetched != digest:
+                raise LockError(
+                    f"{found['sums']} says {fetched} for {found['url']}, but the lock pins {digest}:"
+                    " the file was replaced or the checksum file is not genuine; nothing was written"
+                )
+            found[_algorithm(found["sums"])] = fetched
+            found["source"] = found["sums"]
+        entry[name] = component
+    entry["images"] = dict(base["images"])
+    return entry, notes
+
+
+def render(project: dict) -> str:
+    header = (
+        "# Project binaries lock, written by `vent-bake lock` from the published checksum files.\n"
+        "# Its versions take the place of vent-bake's packaged ones of the same name. Review it like code.\n"
+    )
+    return header + yaml.safe_dump(project, sort_keys=False, width=200)

@@ -1,12 +1,13 @@
 """artifacts/MANIFEST: what the artifacts were rendered from, and the digest of every file.
 
-The first line fingerprints the inputs (the cluster file, the state, and vent-bake's own code,
-templates and lock); then one `<sha256>  <path>` line per file. A render whose inputs match
+The first line fingerprints the inputs (the cluster file, the binaries lock in force, the
+state, and vent-bake's own code and templates); then one `<sha256>  <path>` line per file. A render whose inputs match
 the manifest has nothing to do once the files still match their digests; `launch` and
 `verify` use the same two checks to refuse stale or altered artifacts.
 """
 
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
 
@@ -31,8 +32,10 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def inputs_digest(cluster_text: bytes, state: State) -> str:
+def inputs_digest(cluster_text: bytes, state: State, cluster) -> str:
     h = hashlib.sha256(code_digest().encode() + b"\0" + hashlib.sha256(cluster_text).digest())
+    # the lock entry in force, from the packaged lock or the project's
+    h.update(json.dumps(cluster.lock[cluster.versions.kubernetes], sort_keys=True).encode())
     for name in sorted(state.files):
         if name not in DERIVED:
             h.update(f"{name}\0".encode() + hashlib.sha256(state.files[name]).digest())

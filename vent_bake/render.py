@@ -13,7 +13,7 @@ from functools import cached_property
 
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import binaries, certs, components, credentials, lock, pki, secrets, templates, userdata
+from vent_bake import binaries, certs, components, credentials, pki, secrets, templates, userdata
 from vent_bake.bundle import Bundle, File, NodeBundle
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import StateError
@@ -120,8 +120,8 @@ class Context:
             # nftables refuses overlapping intervals in one set
             api_clients=[str(n) for n in ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in admin_and_nodes)],
             flannel_user=certs.FLANNEL_USER,
-            images=lock.components(c.versions.kubernetes)["images"],
-            coredns_image=lock.components(c.versions.kubernetes)["images"]["coredns"],
+            images=c.lock[c.versions.kubernetes]["images"],
+            coredns_image=c.lock[c.versions.kubernetes]["images"]["coredns"],
         )
 
     def node_values(self, node: Node) -> dict:

@@ -57,7 +57,7 @@ class Bundle:
 
 def load(paths: bake.Paths, days: int = 30) -> Bundle:
     text, cluster, state = bake.load(paths)
-    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state), days)
+    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state, cluster), days)
 
 
 def run(bundle: Bundle) -> list[Finding]:
