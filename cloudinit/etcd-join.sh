@@ -12,15 +12,18 @@
 # promote (ExecStartPost): a learner asks to become a voting member once it has caught up.
 set -euo pipefail
 
+# Paths can be moved for tests: VENT_ETC, VENT_ETCD_DIR, VENT_ETCD_DATA, VENT_ETCD_JOIN_ENV, VENT_LOG.
 ETC=${VENT_ETC:-/etc/vent}
 # shellcheck source=/dev/null
 . "$ETC/node.env"
-DATA=/var/lib/etcd
-JOIN_ENV=/run/vent/etcd-join.env
+ETCD_DIR=${VENT_ETCD_DIR:-/etc/etcd}
+DATA=${VENT_ETCD_DATA:-/var/lib/etcd}
+JOIN_ENV=${VENT_ETCD_JOIN_ENV:-/run/vent/etcd-join.env}
+LOG=${VENT_LOG:-/var/log/vent-boot.log}
 PEER_URL="https://$RESERVED_ADDRESS:2380"
-export ETCDCTL_API=3 ETCDCTL_CACERT=/etc/etcd/ca.crt ETCDCTL_CERT=/etc/etcd/server.crt ETCDCTL_KEY=/etc/etcd/server.key
+export ETCDCTL_API=3 ETCDCTL_CACERT=$ETCD_DIR/ca.crt ETCDCTL_CERT=$ETCD_DIR/server.crt ETCDCTL_KEY=$ETCD_DIR/server.key
 
-log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) etcd-join: $*" | tee -a /var/log/vent-boot.log >&2; }
+log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) etcd-join: $*" | tee -a "$LOG" >&2; }
 
 peers() {
     local entry out=()
@@ -31,17 +34,18 @@ peers() {
     echo "${out[*]}"
 }
 
-# Our member in the list on stdin: "ID-in-hex NAME" (NAME empty if it never started).
+# Our member in the list on stdin: "ID-in-hex NAME ROLE", NAME "-" if it never started (an
+# empty field would vanish when bash splits the line).
 find_member() {
     python3 -c '
 import json, sys
 for m in json.load(sys.stdin).get("members", []):
     if sys.argv[1] in m.get("peerURLs", []):
-        print(format(m["ID"], "x"), m.get("name", ""), "learner" if m.get("isLearner") else "voter")' "$PEER_URL"
+        print(format(m["ID"], "x"), m.get("name") or "-", "learner" if m.get("isLearner") else "voter")' "$PEER_URL"
 }
 
 prepare() {
-    mkdir -p /run/vent
+    mkdir -p "$(dirname "$JOIN_ENV")"
     rm -f "$JOIN_ENV"
     if [ -d "$DATA/member" ]; then
         log "data dir present: starting as before"
@@ -55,7 +59,7 @@ prepare() {
         return 0
     fi
     read -r id name _ < <(echo "$members" | find_member) || true
-    if [ -n "${id:-}" ] && [ -z "${name:-}" ]; then
+    if [ -n "${id:-}" ] && [ "${name:-}" = "-" ]; then
         log "member $id was added but never started: joining the running cluster"
     else
         if [ -n "${id:-}" ]; then
@@ -72,7 +76,7 @@ promote() {
     [ -f "$JOIN_ENV" ] || return 0
     local attempt id role
     for attempt in $(seq 1 120); do
-        read -r id _ role < <(etcdctl --endpoints=https://127.0.0.1:2379 member list -w json | find_member) || true
+        read -r id _ role < <(etcdctl --endpoints="$(peers)" member list -w json | find_member) || true
         if [ "${role:-}" = voter ]; then
             log "$NODE_NAME is a voting member"
             return 0

@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -201,6 +202,44 @@ def test_quorum_from_the_rendered_files(network, controllers, cluster):
     got = etcdctl(network[rest[1]], controllers[rest[1]][0], [url(rest[1])], "get", "/vent/after", "--print-value-only")
     assert got.stdout.strip() == "leader-gone"
     assert etcdctl(ns, root, [url(rest[0])], "get", "/vent/probe", "--print-value-only").stdout.strip() == "from-controller-0"
+
+
+def test_a_replaced_controller_rejoins_by_itself(network, controllers, cluster, tmp_path):
+    """The member killed above comes back as a new device would: same files, empty data dir.
+    The rendered etcd-join removes its stale member, adds it back as a learner, and, once
+    etcd runs, promotes it; it then serves what was written while it was gone."""
+    (host,) = [h for h, proc in cluster.items() if proc.poll() is not None]
+    root, argv = controllers[host]
+    data = Path(next(a.split("=", 1)[1] for a in argv if a.startswith("--data-dir=")))
+    shutil.rmtree(data)
+    join_env, log = tmp_path / "etcd-join.env", tmp_path / "boot.log"
+    env = {"PATH": os.environ["PATH"], "VENT_ETC": f"{root}/etc/vent", "VENT_ETCD_DIR": f"{root}/etc/etcd",
+           "VENT_ETCD_DATA": str(data), "VENT_ETCD_JOIN_ENV": str(join_env), "VENT_LOG": str(log)}
+    script = root / "usr/local/lib/vent/etcd-join"
+
+    def join(step: str) -> None:
+        subprocess.run(["ip", "netns", "exec", network[host], str(script), step], env=env, check=True, timeout=120,
+                       capture_output=True)
+
+    join("prepare")
+    assert join_env.read_text() == "ETCD_INITIAL_CLUSTER_STATE=existing\n"
+    assert f"({host}) lost its data: removing it to add it back" in log.read_text()
+    assert f"added {host} as a learner" in log.read_text()
+    # Run again before etcd ever started (the device rebooted first): the member it added is
+    # told apart from one that lost its data, and not added twice.
+    join("prepare")
+    assert "was added but never started: joining the running cluster" in log.read_text()
+    assert log.read_text().count(f"added {host} as a learner") == 1
+    rejoined = [a.replace("--initial-cluster-state=new", "--initial-cluster-state=existing") for a in argv]
+    with open(tmp_path / "etcd.log", "w") as out:
+        cluster[host] = subprocess.Popen(["ip", "netns", "exec", network[host], *rejoined], stdout=out, stderr=subprocess.STDOUT)
+    join("promote")
+    assert f"{host} is a voting member" in log.read_text() or f"promoted {host}" in log.read_text()
+
+    members = json.loads(etcdctl(network[host], root, [url(host)], "member", "list", "-w", "json").stdout)["members"]
+    assert sorted(m["name"] for m in members) == sorted(CONTROLLERS) and not any(m.get("isLearner") for m in members)
+    got = etcdctl(network[host], root, [url(host)], "get", "/vent/after", "--print-value-only", "--consistency=s")
+    assert got.stdout.strip() == "leader-gone"
 
 
 def test_peers_speaking_from_the_wrong_address_are_refused(rendered, tmp_path_factory, cluster):
