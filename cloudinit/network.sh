@@ -11,15 +11,19 @@
 #     against the connection's source address).
 set -euo pipefail
 
+# Paths and limits can be moved for tests: VENT_ETC, VENT_RUN, VENT_LOG, VENT_CONSOLE,
+# VENT_ADDRESS_WAIT (seconds to wait for the reserved address).
 ETC=${VENT_ETC:-/etc/vent}
 # shellcheck source=/dev/null
 . "$ETC/node.env"
+RUN=${VENT_RUN:-/run/vent}
+LOG=${VENT_LOG:-/var/log/vent-boot.log}
 WAIT_SECONDS=${VENT_ADDRESS_WAIT:-1800}
 
 log() {
     local line
     line="$(date -u +%Y-%m-%dT%H:%M:%SZ) vent-network: $*"
-    echo "$line" >>/var/log/vent-boot.log
+    echo "$line" >>"$LOG"
     echo "$line" >&2
     { echo "$line" >"${VENT_CONSOLE:-/dev/console}"; } 2>/dev/null || true
 }
@@ -99,11 +103,11 @@ firewall() {
 }
 
 resolvers() {
-    mkdir -p /run/vent
+    mkdir -p "$RUN"
     if [ -s /run/systemd/resolve/resolv.conf ]; then
-        cp /run/systemd/resolve/resolv.conf /run/vent/resolv.conf
+        cp /run/systemd/resolve/resolv.conf "$RUN/resolv.conf"
     else
-        grep -v '^nameserver 127\.' /etc/resolv.conf >/run/vent/resolv.conf || true
+        grep -v '^nameserver 127\.' /etc/resolv.conf >"$RUN/resolv.conf" || true
     fi
 }
 
