@@ -3,10 +3,11 @@
 # plugins do what the flannel CNI plugin would (it has no published digest to pin).
 set -euo pipefail
 
+# Paths and the wait (seconds) can be moved for tests: FLANNEL_SUBNET_ENV, CNI_CONF, VENT_FLANNEL_WAIT.
 SUBNET_ENV=${FLANNEL_SUBNET_ENV:-/run/flannel/subnet.env}
 CONF=${CNI_CONF:-/etc/cni/net.d/10-flannel.conflist}
 
-for _ in $(seq 1 60); do
+for _ in $(seq 1 "${VENT_FLANNEL_WAIT:-60}"); do
     [ -s "$SUBNET_ENV" ] && break
     sleep 1
 done
