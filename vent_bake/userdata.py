@@ -48,7 +48,3 @@ def _form(ctx, path: str, content: str, mode: int) -> dict:
 def render(ctx, nb: NodeBundle) -> str:
     entries = [_entry(ctx, path, f.content, f.mode) for path, f in sorted(nb.files.items())]
     return templates.render("cloudinit/userdata.yaml", entries=entries, **ctx.node_values(nb.node))
-
-
-def reveal(text: str, state, where: str) -> str:
-    return secrets.reveal(text, state.secret, where)
