@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages whose real tools the tests run.
-DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl
+DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd haproxy
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: example test deps debs benchmark clean

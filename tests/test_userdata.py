@@ -219,3 +219,43 @@ def test_scripts_pass_bash_n_and_shellcheck(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     proc = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+# --- component configs, read by the programs that consume them ------------------------------------
+
+@pytest.mark.parametrize("node", ["controller-0", "worker-0"])
+def test_firewall_loads_in_nftables(rendered, node):
+    """`nft -c` parses and checks the whole ruleset, in a namespace of its own."""
+    need("nft", "ip")
+    if os.geteuid() != 0:
+        pytest.skip("nft needs root")
+    ns = f"vbfw{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        path = rendered / "artifacts/nodes" / node / "files/etc/vent/firewall.nft"
+        proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-c", "-f", str(path)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+    if node.startswith("controller"):
+        assert "tcp dport { 2379, 2380 } ip saddr @controllers accept" in path.read_text()
+
+
+def test_containerd_reads_its_config(rendered):
+    """Debian's containerd 1.6 reads the version 2 config as meant: runc with systemd cgroups,
+    a runsc handler, the CNI directories."""
+    need("containerd")
+    path = rendered / "artifacts/nodes/worker-0/files/etc/containerd/config.toml"
+    dump = subprocess.run(["containerd", "--config", str(path), "config", "dump"], capture_output=True, text=True, check=True).stdout
+    assert 'runtime_type = "io.containerd.runsc.v1"' in dump and "SystemdCgroup = true" in dump
+    assert 'BinaryName = "/usr/local/sbin/runc"' in dump and 'bin_dir = "/opt/cni/bin"' in dump
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in dump
+
+
+def test_haproxy_reads_the_balancer_config(rendered):
+    need("haproxy")
+    path = rendered / "artifacts/nodes/worker-1/files/etc/haproxy/api-balancer.cfg"
+    proc = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = path.read_text()
+    assert "bind 127.0.0.1:7443" in text and text.count("server controller-") == 3
