@@ -15,24 +15,12 @@ set -euo pipefail
 ETC=${VENT_ETC:-/etc/vent}
 STATE=${VENT_STATE:-/var/lib/vent}
 ROOT=${VENT_ROOT:-/}
-LOG=${VENT_LOG:-/var/log/vent-boot.log}
 ATTEMPTS=${VENT_ATTEMPTS:-5}
 BACKOFF=${VENT_BACKOFF:-2}
 PACKAGES="ca-certificates curl socat conntrack ipset iptables nftables haproxy iproute2 python3"
 
-log() {
-    local line
-    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) vent-boot: $*"
-    echo "$line" >>"$LOG"
-    echo "$line" >&2
-    { echo "$line" >"${VENT_CONSOLE:-/dev/console}"; } 2>/dev/null || true
-    logger -t vent-boot -- "$*" 2>/dev/null || true
-}
-
-fail() {
-    log "FAILED: $*"
-    exit 1
-}
+# shellcheck source=/dev/null
+. "$(dirname "$0")/log.sh" vent-boot
 
 # --- 1. node prep ---------------------------------------------------------------------------
 

@@ -19,11 +19,11 @@ ETC=${VENT_ETC:-/etc/vent}
 ETCD_DIR=${VENT_ETCD_DIR:-/etc/etcd}
 DATA=${VENT_ETCD_DATA:-/var/lib/etcd}
 JOIN_ENV=${VENT_ETCD_JOIN_ENV:-/run/vent/etcd-join.env}
-LOG=${VENT_LOG:-/var/log/vent-boot.log}
 PEER_URL="https://$RESERVED_ADDRESS:2380"
 export ETCDCTL_API=3 ETCDCTL_CACERT=$ETCD_DIR/ca.crt ETCDCTL_CERT=$ETCD_DIR/server.crt ETCDCTL_KEY=$ETCD_DIR/server.key
 
-log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) etcd-join: $*" | tee -a "$LOG" >&2; }
+# shellcheck source=/dev/null
+. "$(dirname "$0")/log.sh" etcd-join
 
 peers() {
     local entry out=()

@@ -17,16 +17,10 @@ ETC=${VENT_ETC:-/etc/vent}
 # shellcheck source=/dev/null
 . "$ETC/node.env"
 RUN=${VENT_RUN:-/run/vent}
-LOG=${VENT_LOG:-/var/log/vent-boot.log}
 WAIT_SECONDS=${VENT_ADDRESS_WAIT:-1800}
 
-log() {
-    local line
-    line="$(date -u +%Y-%m-%dT%H:%M:%SZ) vent-network: $*"
-    echo "$line" >>"$LOG"
-    echo "$line" >&2
-    { echo "$line" >"${VENT_CONSOLE:-/dev/console}"; } 2>/dev/null || true
-}
+# shellcheck source=/dev/null
+. "$(dirname "$0")/log.sh" vent-network
 
 metadata() {
     curl -fsS --connect-timeout 5 --max-time 15 "$METADATA_URL"

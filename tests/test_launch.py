@@ -143,9 +143,10 @@ def test_reclaimed_spot_device_comes_back_as_the_same_node(metal, cluster):
     before = {d["hostname"]: d for d in live(metal)}
     gone = metal.reclaim("worker-1")
     result = run("launch", "-c", cluster, "--yes", "--poll", "0.05")
-    assert "worker-1: device gone; replacing it" in result.stdout or "created" in result.stdout
     after = {d["hostname"]: d for d in live(metal)}
     assert after["worker-1"]["id"] != gone
+    assert f"worker-1: device {after['worker-1']['id']} created" in result.stdout
+    assert result.stdout.count(" created") == 1, "only the reclaimed node gets a new device"
     assert after["worker-1"]["userdata"] == before["worker-1"]["userdata"], "byte-identical userdata"
     assert {d: after[d]["id"] for d in after if d != "worker-1"} == {d: before[d]["id"] for d in before if d != "worker-1"}
     check_converged(metal, cluster)

@@ -68,10 +68,11 @@ def bake(paths: Paths) -> Result:
     state.put(ADMIN_KUBECONFIG, reveal(bundle.shared["admin.kubeconfig"].content, state, "admin.kubeconfig").encode())
     sizes = {host: _revealed_size(nb.userdata, state, host) for host, nb in bundle.nodes.items()}
     tree = bundle.tree()
-    tree[manifest.NAME] = manifest.render(manifest.inputs_digest(text, state, cluster), tree)
+    inputs = manifest.inputs_digest(text, state, cluster)  # the state as saved: the next render's inputs
+    tree[manifest.NAME] = manifest.render(inputs, tree)
     state.save()
     write_artifacts(paths.out, tree)
-    remember(paths.out, manifest.inputs_digest(text, state, cluster), sizes, state)
+    remember(paths.out, inputs, sizes, state)
     return Result(cluster, issued, dropped, True, warnings, sizes)
 
 
@@ -84,10 +85,12 @@ def unchanged_sizes(out: Path, inputs: str, cluster: Cluster, state: State) -> d
     cached = json.loads(state.get(ARTIFACTS_CACHE) or "null")
     if cached and cached["inputs"] == inputs and cached["files"] == _stats(out) and not _racy(out, cached, state):
         return cached["sizes"]
-    tree = unchanged_artifacts(out, inputs)
-    if tree is None:
+    if manifest.inputs_of(out / manifest.NAME) != inputs:
+        return None  # something to render: no need to read the old tree
+    found = examine(read_artifacts(out), inputs)
+    if not found.intact:
         return None
-    sizes = {n.name: _revealed_size(tree[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
+    sizes = {n.name: _revealed_size(found.tree[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
     remember(out, inputs, sizes, state)
     return sizes
 
@@ -130,17 +133,27 @@ def read_artifacts(out: Path) -> dict[str, bytes]:
         raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
 
 
-def unchanged_artifacts(out: Path, inputs: str) -> dict[str, bytes] | None:
-    """The artifacts, if they were rendered from exactly these inputs and are intact; else None."""
-    try:
-        listed = manifest.parse((out / manifest.NAME).read_bytes())
-    except OSError:
-        return None
-    if listed is None or listed[0] != inputs:
-        return None
-    tree = read_artifacts(out)
-    tree.pop(manifest.NAME, None)
-    return None if manifest.altered(listed[1], tree) else tree
+@dataclass(frozen=True)
+class Examination:
+    """The artifacts measured against their MANIFEST and the current inputs."""
+
+    listed: dict[str, str] | None  # path -> sha256 as MANIFEST lists them; None: no manifest
+    stale: bool  # rendered from other inputs
+    altered: list[str]  # missing, changed or unlisted since the render
+    tree: dict[str, bytes]  # the artifacts, MANIFEST left out
+
+    @property
+    def intact(self) -> bool:
+        return self.listed is not None and not self.stale and not self.altered
+
+
+def examine(tree: dict[str, bytes], inputs: str) -> Examination:
+    """Compare an artifacts tree (as read_artifacts reads it) with its MANIFEST and the inputs."""
+    tree = dict(tree)
+    listed = manifest.parse(tree.pop(manifest.NAME, b""))
+    if listed is None:
+        return Examination(None, False, [], tree)
+    return Examination(listed[1], listed[0] != inputs, manifest.altered(listed[1], tree), tree)
 
 
 def write_artifacts(out: Path, tree: dict[str, bytes]) -> None:

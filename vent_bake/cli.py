@@ -166,7 +166,7 @@ def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeou
         click.confirm(f"Launch {len(cluster.nodes)} nodes of {cluster.name} in {cluster.provider.packet.metro}?", abort=True)
     options = launch.Options(concurrency=concurrency, max_price=max_price, timeout=timeout, poll=poll)
     machines = launch.Launch(cluster, st, provider, userdata, options, click.echo).run()
-    click.echo(launch.format_table(launch.table(cluster, machines, launch.addresses(cluster, st))))
+    click.echo(launch.format_table(launch.table(cluster, st, machines)))
     click.echo(f"admin kubeconfig: {launch.admin_kubeconfig(paths)}")
 
 

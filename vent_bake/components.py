@@ -20,6 +20,7 @@ TABLE = (
     ("configs/downloads.tsv", f"{ETC}/downloads.tsv", 0o644, ALL),
     ("configs/units", f"{ETC}/units", 0o644, ALL),
     ("cloudinit/boot.sh", f"{LIB}/boot", 0o755, ALL),
+    ("cloudinit/log.sh", f"{LIB}/log.sh", 0o644, ALL),
     # networking, re-applied at every boot
     ("units/vent-network.service", f"{UNITS}/vent-network.service", 0o644, ALL),
     ("cloudinit/network.sh", f"{LIB}/network", 0o755, ALL),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from vent_bake import bake, manifest, secrets
+from vent_bake import bake, manifest, render
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import VentError
 from vent_bake.provider import Machine, NodeSpec, Provider, ProviderError, cluster_tag, node_tag, role_tag
@@ -89,23 +89,18 @@ class Options:
 
 def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: bytes, provider: Provider) -> dict[str, str]:
     """Refuse, naming the command to run, unless the reviewed artifacts are exactly what boots."""
-    reserved = state.reserved_addresses()
     held = {r.address for r in provider.reservations() if cluster_tag(cluster.name) in r.tags}
-    for node in cluster.nodes:
-        address = node.address or reserved.get(node.name)
+    for name, address in render.node_addresses(cluster, state).items():
         if address is None or address not in held:
-            raise VentError(f"node {node.name} has no address reserved in the project: run `vent-bake reserve`, then `vent-bake render`")
-    listed = manifest.parse((paths.out / manifest.NAME).read_bytes()) if (paths.out / manifest.NAME).is_file() else None
-    if listed is None:
+            raise VentError(f"node {name} has no address reserved in the project: run `vent-bake reserve`, then `vent-bake render`")
+    found = bake.examine(bake.read_artifacts(paths.out), manifest.inputs_digest(text, state, cluster))
+    if found.listed is None:
         raise VentError(f"{paths.out}: no rendered artifacts: run `vent-bake render` and review them")
-    if listed[0] != manifest.inputs_digest(text, state, cluster):
+    if found.stale:
         raise VentError(f"{paths.out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
-    tree = bake.read_artifacts(paths.out)
-    tree.pop(manifest.NAME, None)
-    altered = manifest.altered(listed[1], tree)
-    if altered:
-        raise VentError(f"{paths.out}/{altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
-    return {n.name: secrets.reveal(tree[f"nodes/{n.name}/userdata"].decode(), state.secret, f"nodes/{n.name}/userdata") for n in cluster.nodes}
+    if found.altered:
+        raise VentError(f"{paths.out}/{found.altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
+    return {n.name: bake.reveal(found.tree[f"nodes/{n.name}/userdata"].decode(), state, f"nodes/{n.name}/userdata") for n in cluster.nodes}
 
 
 def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> NodeSpec:
@@ -120,11 +115,9 @@ class Launch:
     def __init__(self, cluster: Cluster, state: State, provider: Provider, userdata: dict[str, str], options: Options,
                  say: Callable[[str], None]):
         self.cluster, self.provider, self.options, self.say = cluster, provider, options, say
-        reserved = state.reserved_addresses()
-        self.address = {n.name: n.address or reserved[n.name] for n in cluster.nodes}
+        self.address = render.addresses(cluster, state)
         self.specs = {n.name: spec_for(cluster, n, userdata[n.name], options) for n in cluster.nodes}
         self.tag = cluster_tag(cluster.name)
-        self.created = 0
 
     def live(self, machines: list[Machine]) -> dict[str, Machine]:
         """Each node's live machine; spare live machines of a node (never made by us twice, but
@@ -145,7 +138,6 @@ class Launch:
 
     def create(self, name: str) -> Machine:
         machine = _persist(lambda: self.provider.create(self.specs[name]), lambda: self._find(name), f"creating {name}")
-        self.created += 1
         self.say(f"{name}: device {machine.id} created")
         return machine
 
@@ -202,7 +194,8 @@ class Launch:
             time.sleep(self.options.poll)
 
 
-def table(cluster: Cluster, machines: dict[str, Machine], addresses: dict[str, str]) -> list[dict]:
+def table(cluster: Cluster, state: State, machines: dict[str, Machine]) -> list[dict]:
+    addresses = render.node_addresses(cluster, state)
     rows = []
     for node in cluster.nodes:
         m = machines.get(node.name)
@@ -223,14 +216,9 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def addresses(cluster: Cluster, state: State) -> dict[str, str]:
-    reserved = state.reserved_addresses()
-    return {n.name: n.address or reserved.get(n.name) for n in cluster.nodes}
-
-
 def status(cluster: Cluster, state: State, provider: Provider) -> list[dict]:
     machines = {m.node: m for m in provider.machines(cluster_tag(cluster.name)) if m.node}
-    return table(cluster, machines, addresses(cluster, state))
+    return table(cluster, state, machines)
 
 
 def destroy(cluster: Cluster, state: State, provider: Provider, say: Callable[[str], None]) -> tuple[int, int]:

@@ -47,6 +47,16 @@ def render(inputs: str, tree: dict[str, bytes]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def inputs_of(path: Path) -> str | None:
+    """The inputs digest on a manifest's first line, without reading the rest."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline().decode(errors="replace").rstrip("\n")
+    except OSError:
+        return None
+    return first.removeprefix(HEADER) if first.startswith(HEADER) else None
+
+
 def parse(text: bytes) -> tuple[str, dict[str, str]] | None:
     """(inputs digest, path -> sha256), or None for a missing or foreign manifest."""
     lines = text.decode(errors="replace").splitlines()

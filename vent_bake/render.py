@@ -20,18 +20,20 @@ from vent_bake.errors import StateError
 from vent_bake.state import State
 
 
-def addresses(cluster: Cluster, state: State) -> dict[str, str]:
-    """Each node's reserved address: from the cluster file, or as `vent-bake reserve` recorded it."""
+def node_addresses(cluster: Cluster, state: State) -> dict[str, str | None]:
+    """Each node's reserved address: from the cluster file, or as `vent-bake reserve` recorded
+    it; None where neither has one yet."""
     reserved = state.reserved_addresses()
-    out = {}
-    for node in cluster.nodes:
-        addr = node.address or reserved.get(node.name)
-        if addr is None:
-            raise StateError(
-                f"node {node.name} has no address: run `vent-bake reserve`, or set its address in the cluster file"
-            )
-        out[node.name] = addr
-    return out
+    return {node.name: node.address or reserved.get(node.name) for node in cluster.nodes}
+
+
+def addresses(cluster: Cluster, state: State) -> dict[str, str]:
+    """Every node's address; an error naming the first node that has none."""
+    found = node_addresses(cluster, state)
+    for name, address in found.items():
+        if address is None:
+            raise StateError(f"node {name} has no address: run `vent-bake reserve`, or set its address in the cluster file")
+    return found
 
 
 class Context:

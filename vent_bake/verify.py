@@ -78,15 +78,14 @@ def report(findings: list[Finding], as_json: bool) -> str:
 # --- the manifest: rendered from these inputs, unaltered since --------------------------------
 
 def check_manifest(b: Bundle):
-    listed = manifest.parse(b.tree.get(manifest.NAME, b""))
-    if listed is None:
+    found = bake.examine(b.tree, b.inputs)
+    if found.listed is None:
         yield Finding("manifest", manifest.NAME, "missing or unreadable; run `vent-bake render`")
         return
-    if listed[0] != b.inputs:
+    if found.stale:
         yield Finding("manifest", manifest.NAME, "the artifacts were rendered from another cluster file or state; run `vent-bake render` and review")
-    files = {p: d for p, d in b.tree.items() if p != manifest.NAME}
-    for path in manifest.altered(listed[1], files):
-        state = "missing" if path not in files else "not listed" if path not in listed[1] else "changed since it was rendered"
+    for path in found.altered:
+        state = "missing" if path not in found.tree else "not listed" if path not in found.listed else "changed since it was rendered"
         yield Finding("manifest", path, state)
 
 

@@ -65,7 +65,6 @@ class MetalManager(packet.Manager):
         adapter = HTTPAdapter(max_retries=_retry(), pool_connections=pool, pool_maxsize=pool)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.calls: dict[str, int] = {}
 
     def call_api(self, method, type="GET", params=None):  # noqa: A002 (packet-python's signature)
         path = "/" + method.lstrip("/")
@@ -76,8 +75,6 @@ class MetalManager(packet.Manager):
         elif type in ("POST", "PUT", "PATCH"):
             body = json.dumps(_without_nulls(params or {}))
         headers = {"X-Auth-Token": self.auth_token, "Content-Type": "application/json", "User-Agent": self.user_agent}
-        kind = f"{type} {_kind(path)}"
-        self.calls[kind] = self.calls.get(kind, 0) + 1
         try:
             resp = self.session.request(type, url, headers=headers, data=body, timeout=TIMEOUT)
         except requests.RequestException as exc:
@@ -97,35 +94,19 @@ class MetalManager(packet.Manager):
         return data
 
 
-def _kind(path: str) -> str:
-    """A path with its ids taken out, to count calls by kind."""
-    parts = path.strip("/").split("/")
-    return "/".join("{id}" if i % 2 == 1 and p not in ("spot", "prices", "metros") else p for i, p in enumerate(parts))
-
-
 class PacketProvider:
     def __init__(self, settings, token: str, base_url: str | None = None):
         self.settings = settings
         self.token = token
         self.base_url = base_url or settings.api_url or DEFAULT_URL
         self._local = threading.local()
-        self._managers: list[MetalManager] = []
-        self._lock = threading.Lock()
 
     @property
     def manager(self) -> MetalManager:
+        """This thread's Manager: packet-python keeps pagination state on it."""
         if not hasattr(self._local, "manager"):
             self._local.manager = MetalManager(self.token, self.base_url)
-            with self._lock:
-                self._managers.append(self._local.manager)
         return self._local.manager
-
-    def calls(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for m in self._managers:
-            for kind, n in m.calls.items():
-                out[kind] = out.get(kind, 0) + n
-        return out
 
     # --- addresses
 
