@@ -129,27 +129,27 @@ def test_controller_secret_on_a_worker(fresh):
     assert code == 1 and "error: nodes/worker-0/userdata: carries pki/ca.key, which a worker must not hold" in lines
 
 
-def test_range_that_disagrees_with_the_cluster_file(fresh):
-    path = fresh / "artifacts/nodes/worker-1/files/var/lib/kube-proxy/kube-proxy-config.yaml"
-    path.write_text(path.read_text().replace("172.16.0.0/16", "172.20.0.0/16"))
+EDITS = {  # one artifact edited in place -> the finding it must give
+    "range": ("nodes/worker-1/files/var/lib/kube-proxy/kube-proxy-config.yaml", "172.16.0.0/16", "172.20.0.0/16",
+              "error: nodes/worker-1/files/var/lib/kube-proxy/kube-proxy-config.yaml: clusterCIDR is 172.20.0.0/16,"
+              " the cluster file says 172.16.0.0/16"),
+    "kubeconfig server": ("admin.kubeconfig", "https://198.18.0.10:6443", "https://203.0.113.7:6443",
+                          "error: admin.kubeconfig: its server https://203.0.113.7:6443 is not named by the apiserver certificate"),
+    "kubeconfig identity": ("nodes/worker-0/files/var/lib/kube-proxy/kubeconfig", "/var/lib/kube-proxy/kube-proxy.crt",
+                            "/var/lib/kubelet/kubelet.crt",
+                            "error: nodes/worker-0/files/var/lib/kube-proxy/kubeconfig: authenticates as system:node:worker-0,"
+                            " its role needs system:kube-proxy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITS))
+def test_edited_artifact(fresh, case):
+    rel, old, new, finding = EDITS[case]
+    path = fresh / "artifacts" / rel
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new))
     code, lines = verify(fresh)
-    assert code == 1
-    assert "error: nodes/worker-1/files/var/lib/kube-proxy/kube-proxy-config.yaml: clusterCIDR is 172.20.0.0/16, the cluster file says 172.16.0.0/16" in lines
-
-
-def test_kubeconfig_server_not_in_the_apiserver_certificate(fresh):
-    path = fresh / "artifacts/admin.kubeconfig"
-    path.write_text(path.read_text().replace("https://198.18.0.10:6443", "https://203.0.113.7:6443"))
-    code, lines = verify(fresh)
-    assert code == 1
-    assert "error: admin.kubeconfig: its server https://203.0.113.7:6443 is not named by the apiserver certificate" in lines
-
-
-def test_kubeconfig_with_another_identity(fresh):
-    path = fresh / "artifacts/nodes/worker-0/files/var/lib/kube-proxy/kubeconfig"
-    path.write_text(path.read_text().replace("/var/lib/kube-proxy/kube-proxy.crt", "/var/lib/kubelet/kubelet.crt"))
-    code, lines = verify(fresh)
-    assert "error: nodes/worker-0/files/var/lib/kube-proxy/kubeconfig: authenticates as system:node:worker-0, its role needs system:kube-proxy" in lines
+    assert code == 1 and finding in lines
 
 
 def test_binary_without_a_digest(fresh):
