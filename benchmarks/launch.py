@@ -21,6 +21,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakemetal import DOCUMENT, FakeMetal, Metal, make_tls  # noqa: E402
+from tools import serve  # noqa: E402
 
 from vent_bake import example  # noqa: E402
 from vent_bake.cli import main as vent  # noqa: E402
@@ -30,8 +31,9 @@ TARGET_SECONDS = 5.0
 DEFAULT_CONCURRENCY = 16  # `vent-bake launch --concurrency`
 
 
-def cluster_file(directory: Path, nodes: int) -> Path:
+def cluster_file(directory: Path, nodes: int, published: str) -> Path:
     text = example.cluster_yaml("bench", 3, nodes - 3).replace("00000000-0000-0000-0000-000000000000", PROJECT)
+    text = text.replace("https://files.example.com/vent/artifacts/", f"{published}/")
     text = "\n".join(line for line in text.splitlines() if not line.strip().startswith("address: 198.18.")) + "\n"
     path = directory / "cluster.yaml"
     path.write_text(text)
@@ -49,9 +51,11 @@ def bench(base: Path, nodes: int, latency: float, concurrency: int) -> tuple[flo
     work = base / f"n{nodes}-c{concurrency}"
     work.mkdir()
     metal = Metal(TOKEN, PROJECT, provision_after=0.5, active_after=1.0)
+    (work / "artifacts").mkdir()
     with FakeMetal(metal, base / "server.crt", base / "server.key") as server:
         os.environ.update(METAL_API_URL=server.url, METAL_AUTH_TOKEN=TOKEN, REQUESTS_CA_BUNDLE=str(base / "ca.crt"))
-        cluster = cluster_file(work, nodes)
+        published = next(serve(work / "artifacts"))  # a daemon thread; it ends with the benchmark
+        cluster = cluster_file(work, nodes, published)
         cli("reserve", "-c", cluster)
         cli("render", "-c", cluster)
         metal.calls.clear()

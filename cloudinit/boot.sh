@@ -15,12 +15,10 @@ set -euo pipefail
 ETC=${VENT_ETC:-/etc/vent}
 STATE=${VENT_STATE:-/var/lib/vent}
 ROOT=${VENT_ROOT:-/}
-ATTEMPTS=${VENT_ATTEMPTS:-5}
-BACKOFF=${VENT_BACKOFF:-2}
 PACKAGES="ca-certificates curl socat conntrack ipset iptables nftables haproxy iproute2 python3"
 
 # shellcheck source=/dev/null
-. "$(dirname "$0")/log.sh" vent-boot
+. "$(dirname "$0")/lib.sh" vent-boot
 
 # --- 1. node prep ---------------------------------------------------------------------------
 
@@ -34,50 +32,24 @@ step_prep() {
     for package in $PACKAGES; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
     done
-    [ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+    [ ${#missing[@]} -eq 0 ] || install_packages "prep" "${missing[@]}"
     # The distro's haproxy unit would bind its own config; ours is api-balancer.service.
     systemctl disable --now haproxy.service 2>/dev/null || true
-}
-
-install_packages() {
-    local attempt
-    for attempt in $(seq 1 "$ATTEMPTS"); do
-        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; then
-            return 0
-        fi
-        log "prep: installing $* failed (attempt $attempt of $ATTEMPTS)"
-        sleep $((BACKOFF ** attempt))
-    done
-    fail "prep: could not install $*"
 }
 
 # --- 2. networking is vent-network.service, started below and at every boot ------------------
 
 # --- 3. download and verify ------------------------------------------------------------------
 
-# fetch NAME URL ALGORITHM DIGEST: download into the staging area; keep it only if it verifies.
+# fetch NAME URL ALGORITHM DIGEST: into the staging area, once; kept only if it verifies.
 fetch() {
-    local name=$1 url=$2 algorithm=$3 digest=$4 part="$STATE/downloads/$1.part" actual attempt
+    local name=$1 url=$2 algorithm=$3 digest=$4
     if [ -f "$STATE/downloads/$name" ] && [ "$(cat "$STATE/downloads/$name.$algorithm" 2>/dev/null)" = "$digest" ]; then
         return 0
     fi
-    for attempt in $(seq 1 "$ATTEMPTS"); do
-        if curl -fsSL --connect-timeout 20 --max-time 900 -o "$part" "$url"; then
-            actual=$("${algorithm}sum" "$part" | cut -d' ' -f1)
-            if [ "$actual" = "$digest" ]; then
-                mv "$part" "$STATE/downloads/$name"
-                echo "$digest" >"$STATE/downloads/$name.$algorithm"
-                log "download: $name verified ($algorithm $digest)"
-                return 0
-            fi
-            log "download: $name from $url does not match its pinned digest: expected $algorithm $digest, got $actual (attempt $attempt of $ATTEMPTS)"
-        else
-            log "download: $name from $url failed (attempt $attempt of $ATTEMPTS)"
-        fi
-        rm -f "$part"
-        [ "$attempt" -lt "$ATTEMPTS" ] && sleep $((BACKOFF ** attempt))
-    done
-    return 1
+    download_verified "download: $name" "$url" "$algorithm" "$digest" "$STATE/downloads/$name" || return 1
+    echo "$digest" >"$STATE/downloads/$name.$algorithm"
+    log "download: $name verified ($algorithm $digest)"
 }
 
 step_download() {

@@ -23,7 +23,7 @@ PEER_URL="https://$RESERVED_ADDRESS:2380"
 export ETCDCTL_API=3 ETCDCTL_CACERT=$ETCD_DIR/ca.crt ETCDCTL_CERT=$ETCD_DIR/server.crt ETCDCTL_KEY=$ETCD_DIR/server.key
 
 # shellcheck source=/dev/null
-. "$(dirname "$0")/log.sh" etcd-join
+. "$(dirname "$0")/lib.sh" etcd-join
 
 peers() {
     local entry out=()

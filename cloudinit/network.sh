@@ -20,7 +20,7 @@ RUN=${VENT_RUN:-/run/vent}
 WAIT_SECONDS=${VENT_ADDRESS_WAIT:-1800}
 
 # shellcheck source=/dev/null
-. "$(dirname "$0")/log.sh" vent-network
+. "$(dirname "$0")/lib.sh" vent-network
 
 metadata() {
     curl -fsS --connect-timeout 5 --max-time 15 "$METADATA_URL"

@@ -1,14 +1,12 @@
 """Shared fixtures: an example cluster rendered once, and fresh copies for tests that change it."""
 
-import functools
-import http.server
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from tools import serve
 from vent_bake import example
 from vent_bake.cli import main
 from vent_bake.state import State
@@ -59,20 +57,16 @@ def state(rendered) -> State:
     return State.load(rendered / ".vent")
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def mirror(tmp_path):
-    """An HTTP server on 127.0.0.1 serving tmp_path/www: (that directory, its base URL)."""
+    """An HTTP server serving tmp_path/www: (that directory, its base URL)."""
     www = tmp_path / "www"
     www.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    for url in serve(www):
+        yield www, url
+
+
+@pytest.fixture(scope="session")
+def published(rendered) -> str:
+    """The rendered example's artifacts/, published over HTTP as an operator would: its URL."""
+    yield from serve(rendered / "artifacts")

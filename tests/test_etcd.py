@@ -31,7 +31,7 @@ from kubernetes import client, config as kube_config
 
 from conftest import cli
 from test_kubeconfigs import revealed as revealed_kubeconfig
-from test_userdata import write_files
+from test_userdata import node_root
 from tools import need
 from vent_bake import pki
 from vent_bake.pki import CertSpec
@@ -86,14 +86,14 @@ def network():
 
 
 @pytest.fixture(scope="module")
-def controllers(rendered, tmp_path_factory):
+def controllers(rendered, published, tmp_path_factory):
     """Each controller's files as cloud-init writes them, and its etcd command line."""
     out = {}
     for host in CONTROLLERS:
         base = tmp_path_factory.mktemp(host)
         userdata = base / "userdata"
         userdata.write_text(cli("userdata", host, "-c", rendered / "cluster.yaml", "--reveal").stdout)
-        root = write_files(userdata, base / "root")
+        root = node_root(userdata, base / "root", published)
         out[host] = (root, etcd_command(root, base / "data"))
     return out
 
@@ -242,7 +242,7 @@ def test_a_replaced_controller_rejoins_by_itself(network, controllers, cluster, 
     assert got.stdout.strip() == "leader-gone"
 
 
-def test_peers_speaking_from_the_wrong_address_are_refused(rendered, tmp_path_factory, cluster):
+def test_peers_speaking_from_the_wrong_address_are_refused(rendered, published, tmp_path_factory, cluster):
     """The control for the test above: with peer traffic leaving from the primary address,
     which no certificate names, etcd refuses its peers and never forms a cluster. A test
     whose namespaces held one address each could not tell these two cases apart."""
@@ -251,7 +251,7 @@ def test_peers_speaking_from_the_wrong_address_are_refused(rendered, tmp_path_fa
     for host in CONTROLLERS:
         userdata = base / f"{host}.userdata"
         userdata.write_text(cli("userdata", host, "-c", rendered / "cluster.yaml", "--reveal").stdout)
-        root = write_files(userdata, base / host / "root")
+        root = node_root(userdata, base / host / "root", published)
         controllers[host] = (root, etcd_command(root, base / host / "data"))
     with namespaces(f"{TAG}x", source_routing=False) as network:
         with etcd_cluster(network, controllers, base, wait=10) as (_, healthy):

@@ -1,6 +1,7 @@
 """reserve, launch, status, destroy through packet-python, against the fake Metal API."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +12,13 @@ import packet
 import pytest
 
 from conftest import cli
+from tools import serve
 
 SHARED_DOC = Path(__file__).resolve().parents[2] / "shared" / "metal-openapi.json"
 pytestmark = pytest.mark.skipif(not SHARED_DOC.is_file(), reason="../shared/metal-openapi.json is absent: no API document to fake")
 
 TOKEN = "tok-3f1a9c-do-not-print"
+EXAMPLE_ARTIFACTS_URL = "https://files.example.com/vent/artifacts/"
 PROJECT = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 NODES = ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]
 
@@ -43,15 +46,18 @@ def metal(tls, monkeypatch):
 
 @pytest.fixture
 def cluster(tmp_path) -> Path:
+    """The example on the fake provider, its artifacts/ published over HTTP as rendered."""
     from vent_bake import example
 
     text = example.cluster_yaml("vent", 3, 2)
     text = text.replace("00000000-0000-0000-0000-000000000000", PROJECT)
     for line in [l for l in text.splitlines() if l.strip().startswith("address: 198.18.")]:
         text = text.replace(line + "\n", "")
-    path = tmp_path / "cluster.yaml"
-    path.write_text(text)
-    return path
+    (tmp_path / "artifacts").mkdir()
+    for url in serve(tmp_path / "artifacts"):
+        path = tmp_path / "cluster.yaml"
+        path.write_text(text.replace(EXAMPLE_ARTIFACTS_URL, f"{url}/"))
+        yield path
 
 
 def run(*args, ok=True):
@@ -242,3 +248,22 @@ def test_the_fake_rejects_what_packet_python_sends_unwrapped(metal):
     assert "422" in str(caught.value)
     assert metal.violations and metal.violations[0].startswith("request POST /metal/v1/projects/")
     metal.violations.clear()
+
+
+def test_launch_refuses_until_the_artifacts_are_published(metal, cluster, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    for url in serve(site):
+        text = cluster.read_text()
+        cluster.write_text(text.replace(text.split("artifacts_url: ")[1].split()[0], f"{url}/"))
+        run("reserve", "-c", cluster)
+        run("render", "-c", cluster)
+        result = run("launch", "-c", cluster, "--yes", ok=False)
+        assert result.exit_code == 1
+        assert f"error: boot.artifacts_url: {url}/nodes/controller-0/fetch.list: HTTP 404 (5 of 5 nodes): publish artifacts/" in result.stderr
+        shutil.copytree(cluster.parent / "artifacts", site, dirs_exist_ok=True)
+        listed = site / "nodes/worker-1/fetch.list"
+        listed.write_text(listed.read_text()[1:])
+        result = run("launch", "-c", cluster, "--yes", ok=False)
+        assert f"{url}/nodes/worker-1/fetch.list: not the rendered list (1 of 5 nodes)" in result.stderr
+    assert metal.calls.get("POST projects/{id}/devices", 0) == 0

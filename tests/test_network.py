@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from test_userdata import write_files
+from test_userdata import node_root
 from tools import need
 
 TAG = f"vbn{os.getpid() % 100000}"
@@ -30,14 +30,14 @@ def metadata(path: Path, addresses: list[dict]) -> None:
 
 
 @pytest.fixture
-def node(rendered, tmp_path):
+def node(rendered, published, tmp_path):
     need("ip", "nft", "curl", "/usr/bin/python3")
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     ns, gw = f"{TAG}-node", f"{TAG}-gw"
     userdata = tmp_path / "userdata"
     userdata.write_text(cli("userdata", "worker-0", "-c", rendered / "cluster.yaml", "--reveal").stdout)
-    root = write_files(userdata, tmp_path / "root")
+    root = node_root(userdata, tmp_path / "root", published)
     env_file = root / "etc/vent/node.env"
     env_file.write_text(env_file.read_text().replace("https://metadata.platformequinix.com/metadata", "http://127.0.0.1:8775/metadata"))
     meta = tmp_path / "meta"

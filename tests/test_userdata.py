@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, render, write_cluster
 from tools import need
 from vent_bake import fsutil, secrets
+from vent_bake.userdata import BUDGET
 from vent_bake.state import State
 
 NODES = ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]
@@ -40,6 +41,27 @@ def write_files(userdata: Path, root: Path) -> Path:
         "write_files('write_files', [dict(f, path=sys.argv[2] + f['path']) for f in cfg['write_files']], 'root:root')\n"
     )
     subprocess.run([SYSTEM_PYTHON, "-c", code, str(userdata), str(root)], check=True)
+    return root
+
+
+def node_root(userdata: Path, root: Path, published: str) -> Path:
+    """The node's files as its first boot leaves them for the boot script: cloud-init's
+    write_files for what the userdata carries, then the node's own fetch script, run as its
+    runcmd says, for the rest, from the artifacts published at `published`. The fetch script
+    hands over to the boot script; here a stub stands in for it."""
+    write_files(userdata, root)
+    fetch, url, pin = yaml.safe_load(userdata.read_text())["runcmd"][0]
+    bin_dir = root.parent / f"{root.name}-fetch"
+    bin_dir.mkdir()
+    for name in ("fetch", "lib.sh"):
+        shutil.copy(root / f"usr/local/lib/vent/{name}", bin_dir / name)
+    (bin_dir / "boot").write_text('#!/bin/sh\ntouch "$VENT_STATE/handed-over"\n')
+    (bin_dir / "boot").chmod(0o755)
+    env = dict(os.environ, VENT_ROOT=str(root), VENT_STATE=str(bin_dir / "state"), VENT_LOG=str(bin_dir / "log"),
+               VENT_CONSOLE="/dev/null", VENT_ATTEMPTS="1")
+    base = f"{published}/{url[url.index('nodes/'):]}"
+    proc = subprocess.run([bin_dir / "fetch", base, pin], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and (bin_dir / "state/handed-over").exists(), proc.stderr
     return root
 
 
@@ -72,16 +94,19 @@ def test_no_unknown_top_level_key(userdata_files, node):
 
 
 @pytest.mark.parametrize("node", ["controller-0", "worker-1"])
-def test_write_files_writes_every_file_as_reviewed(rendered, userdata_files, node, tmp_path):
-    """cloud-init's own write_files module, pointed at a staging root, writes exactly the files
-    of the reviewed tree, revealed, with their modes."""
-    root = write_files(userdata_files[node], tmp_path / "root")
+def test_write_files_and_fetch_write_every_file_as_reviewed(rendered, published, userdata_files, node, tmp_path):
+    """cloud-init's own write_files module, pointed at a staging root, and then the node's
+    fetch script write exactly the files of the reviewed tree, revealed, with their modes."""
+    root = node_root(userdata_files[node], tmp_path / "root", published)
     state = State.load(rendered / ".vent")
     reviewed = fsutil.read_tree(rendered / "artifacts" / "nodes" / node / "files")
     written = fsutil.read_tree(root)
     assert written.keys() == reviewed.keys()
     doc = yaml.safe_load(userdata_files[node].read_text())
+    fetched = (rendered / "artifacts" / "nodes" / node / "fetch.list").read_text().splitlines()
     modes = {f["path"]: int(f.get("permissions", "0644"), 8) for f in doc["write_files"]}
+    modes |= {path: int(mode, 8) for _, mode, path in (line.split(" ") for line in fetched)}
+    assert len(modes) == len(doc["write_files"]) + len(fetched), "a file is both carried and fetched"
     for rel, data in reviewed.items():
         assert written[rel] == secrets.reveal(data.decode(), state.secret).encode(), rel
         st = os.stat(root / rel)
@@ -132,11 +157,23 @@ def test_least_privilege(rendered):
     assert not any(p.endswith(("etcd/ca.crt", "encryption-config.yaml")) or "/etcd/" in p for p in worker_tree)
 
 
-def test_render_prints_each_revealed_size(rendered):
+def test_render_prints_each_revealed_size_within_budget(rendered):
     out = cli("render", "-c", rendered / "cluster.yaml").stdout
     for node in NODES:
         size = len(revealed(rendered, node).encode())
-        assert f"  {node:<24}" in out and f"userdata {size / 1024:6.1f} KiB" in out.split(f"  {node:<24}")[1].splitlines()[0]
+        assert size <= BUDGET["worker" if node.startswith("worker") else "controller"], (node, size)
+        line = out.split(f"  {node:<24}")[1].splitlines()[0]
+        assert f"userdata {size / 1024:6.1f} KiB" in line and "OVER" not in line
+
+
+def test_long_names_stay_within_budget(tmp_path):
+    """The longest node name a kubelet certificate allows, a long cluster name, five controllers."""
+    long = "n" * 50
+    cluster = write_cluster(tmp_path, controllers=5, workers=1, **{"name: vent": f"name: {long}", "worker-0": f"{long}-w"})
+    render(cluster)
+    for node, role in ((f"{long}-w", "worker"), ("controller-0", "controller")):
+        size = len(revealed(tmp_path, node).encode())
+        assert size <= BUDGET[role], (node, size)
 
 
 def test_stale_marker_refuses_to_reveal(fresh):
@@ -155,10 +192,10 @@ STUBS = ["usr/local/bin/" + b for b in ("etcd", "kube-apiserver", "kube-controll
                                         "kube-proxy", "containerd", "flanneld")] + ["usr/sbin/haproxy", "usr/sbin/modprobe", "usr/bin/kill"]
 
 
-def staging_root(userdata: Path, tmp_path: Path) -> Path:
-    """The node's files as cloud-init writes them, the OS's own units, and a stub for each
+def staging_root(userdata: Path, tmp_path: Path, published: str) -> Path:
+    """The node's files as its first boot writes them, the OS's own units, and a stub for each
     binary the units run."""
-    root = write_files(userdata, tmp_path / "root")
+    root = node_root(userdata, tmp_path / "root", published)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     for link, target in (("lib", "usr/lib"), ("bin", "usr/bin"), ("sbin", "usr/sbin")):
         os.symlink(target, root / link)
@@ -170,9 +207,9 @@ def staging_root(userdata: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("node", ["controller-0", "worker-0"])
-def test_systemd_analyze_verify_every_unit(userdata_files, node, tmp_path):
+def test_systemd_analyze_verify_every_unit(userdata_files, published, node, tmp_path):
     need("systemd-analyze")
-    root = staging_root(userdata_files[node], tmp_path)
+    root = staging_root(userdata_files[node], tmp_path, published)
     units = sorted((root / "etc/systemd/system").glob("*.service"))
     assert len(units) == (11 if node == "controller-0" else 6)
     for unit in units:
@@ -181,10 +218,10 @@ def test_systemd_analyze_verify_every_unit(userdata_files, node, tmp_path):
         assert proc.returncode == 0 and proc.stdout + proc.stderr == "", f"{unit.name}: {proc.stdout}{proc.stderr}"
 
 
-def test_systemd_analyze_would_catch_a_mistake(userdata_files, tmp_path):
+def test_systemd_analyze_would_catch_a_mistake(userdata_files, published, tmp_path):
     """The check above is only worth something if a bad unit makes output."""
     need("systemd-analyze")
-    root = staging_root(userdata_files["worker-0"], tmp_path)
+    root = staging_root(userdata_files["worker-0"], tmp_path, published)
     unit = root / "etc/systemd/system/kubelet.service"
     unit.write_text(unit.read_text().replace("Restart=on-failure", "Restrat=on-failure"))
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/kubelet.service"],

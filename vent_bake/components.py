@@ -4,6 +4,7 @@
 
 from functools import cache
 
+from vent_bake import templates
 from vent_bake.bundle import File
 from vent_bake.config import Node
 
@@ -19,8 +20,9 @@ TABLE = (
     ("configs/node.env", f"{ETC}/node.env", 0o644, ALL),
     ("configs/downloads.tsv", f"{ETC}/downloads.tsv", 0o644, ALL),
     ("configs/units", f"{ETC}/units", 0o644, ALL),
+    ("cloudinit/fetch.sh", f"{LIB}/fetch", 0o755, ALL),
+    ("cloudinit/lib.sh", f"{LIB}/lib.sh", 0o644, ALL),
     ("cloudinit/boot.sh", f"{LIB}/boot", 0o755, ALL),
-    ("cloudinit/log.sh", f"{LIB}/log.sh", 0o644, ALL),
     # networking, re-applied at every boot
     ("units/vent-network.service", f"{UNITS}/vent-network.service", 0o644, ALL),
     ("cloudinit/network.sh", f"{LIB}/network", 0o755, ALL),
@@ -55,6 +57,16 @@ TABLE = (
     ("manifests/runtimeclass-gvisor.yaml", f"{ETC}/addons/runtimeclass-gvisor.yaml", 0o644, FIRST),
 )
 
+# What the userdata carries itself besides the secrets: what fetches the rest, the node's facts,
+# and (as Vent did) the macvlan and flannel set-up. Every other file the node fetches from the
+# published artifacts, pinned by digest (userdata.py): the budgets leave no room for it. The
+# carried scripts go without their comment lines for the same reason.
+INLINE = frozenset({
+    f"{LIB}/fetch", f"{LIB}/lib.sh", f"{ETC}/node.env",
+    f"{LIB}/network", f"{UNITS}/vent-network.service",
+    "/etc/kube-flannel/net-conf.json", f"{LIB}/cni-from-flannel",
+})
+
 
 @cache
 def entries(role: str, first: bool) -> tuple[tuple[str, str, int], ...]:
@@ -77,4 +89,8 @@ def files(ctx, node: Node) -> dict[str, File]:
     rows = entries(values["role"], values["first_controller"])
     values["units"] = units(rows)
     values["downloads"] = ctx.downloads(values["role"])
-    return {path: File(ctx.render(template, values), mode) for template, path, mode in rows}
+    out = {path: File(ctx.render(template, values), mode) for template, path, mode in rows}
+    for path in INLINE & out.keys():
+        if out[path].content.startswith(("#!", "# shellcheck")):
+            out[path] = File(templates.without_comments(out[path].content), out[path].mode)
+    return out

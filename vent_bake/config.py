@@ -10,6 +10,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -21,6 +22,8 @@ from vent_bake.errors import ConfigError
 # network, so neither pods nor services may live there.
 PROVIDER_PRIVATE = ipaddress.ip_network("10.0.0.0/8")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# X.509 limits a common name to 64 characters; a kubelet's is system:node:<name>.
+MAX_NODE_NAME = 64 - len("system:node:")
 DNS_SERVICE_INDEX = 10  # CoreDNS sits at the tenth address of the service range, as in KTHW
 
 
@@ -57,7 +60,15 @@ def _ipv4_address(value: str) -> str:
     return value
 
 
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an http(s) URL such as https://files.example.com/vent/")
+    return value
+
+
 Hostname = Annotated[str, AfterValidator(_hostname)]
+URL = Annotated[str, AfterValidator(_url)]
 CIDR = Annotated[str, AfterValidator(_ipv4_network)]
 IPv4 = Annotated[str, AfterValidator(_ipv4_address)]
 
@@ -139,6 +150,25 @@ class PKI(Strict):
     )
 
 
+class Boot(Strict):
+    """What a booting node reaches besides the binaries' hosts."""
+
+    artifacts_url: URL = Field(
+        description="Where you publish this cluster's artifacts/ directory. A node's userdata carries"
+        " its secrets and its network and flannel set-up; the node fetches every other file from"
+        " nodes/<host>/ under this URL, each checked against a digest its userdata pins.",
+    )
+    metadata_url: URL = Field(
+        "https://metadata.platformequinix.com/metadata",
+        description="The provider's metadata service (the node's private address, its reserved"
+        " address); pods are kept away from it.",
+    )
+
+    @property
+    def artifacts_base(self) -> str:
+        return self.artifacts_url.rstrip("/") + "/"
+
+
 class Versions(Strict):
     kubernetes: str = Field("v1.32.8", description="Kubernetes version; must be in the binaries lock.")
 
@@ -152,7 +182,8 @@ class Cluster(Strict):
     provider: Provider | None = Field(None, description="Leave out to render without a provider.")
     network: Network = Network()
     pki: PKI = PKI()
-    mirror: str | None = Field(None, description="Base URL that replaces the official download hosts.")
+    mirror: URL | None = Field(None, description="Base URL that replaces the official download hosts.")
+    boot: Boot
     controllers: list[Node]
     workers: list[Node] = []
 
@@ -314,6 +345,11 @@ def _check_nodes(c: Cluster):
             where = f"{role}[{i}]"
             if node.name in names:
                 yield f"{where}.name", f"{node.name!r} is already the name of {names[node.name]}"
+            if len(node.name) > MAX_NODE_NAME:
+                yield f"{where}.name", (
+                    f"{node.name!r} is {len(node.name)} characters; at most {MAX_NODE_NAME} fit, as its kubelet"
+                    " certificate's common name system:node:<name> is limited to 64"
+                )
             names.setdefault(node.name, where)
             if node.address is None:
                 if c.provider is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import requests
 import yaml
 
 from vent_bake import bake, manifest, render
@@ -100,7 +101,29 @@ def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: by
         raise VentError(f"{paths.out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
     if found.altered:
         raise VentError(f"{paths.out}/{found.altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
+    check_published(cluster, found.tree)
     return {n.name: bake.reveal(found.tree[f"nodes/{n.name}/userdata"].decode(), state, f"nodes/{n.name}/userdata") for n in cluster.nodes}
+
+
+def check_published(cluster: Cluster, tree: dict[str, bytes], concurrency: int = 16) -> None:
+    """Refuse unless every node's fetch list is published, as rendered, at boot.artifacts_url:
+    a node that cannot fetch its files never joins, and its machine is billed all the same."""
+    def differs(name: str) -> str | None:
+        url = f"{cluster.boot.artifacts_base}nodes/{name}/fetch.list"
+        try:
+            response = requests.get(url, timeout=(10, 30))
+        except requests.RequestException as exc:
+            return f"{url}: unreachable ({type(exc).__name__})"
+        if response.status_code != 200:
+            return f"{url}: HTTP {response.status_code}"
+        if response.content != tree[f"nodes/{name}/fetch.list"]:
+            return f"{url}: not the rendered list"
+        return None
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        problems = [p for p in pool.map(differs, [n.name for n in cluster.nodes]) if p]
+    if problems:
+        raise VentError(f"boot.artifacts_url: {problems[0]} ({len(problems)} of {len(cluster.nodes)} nodes): publish artifacts/ there as rendered, then launch")
 
 
 def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> NodeSpec:

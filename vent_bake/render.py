@@ -153,6 +153,6 @@ def render(cluster: Cluster, state: State) -> Bundle:
         nb = NodeBundle(node, cluster.role(node))
         nb.files.update(credentials.files(ctx, node))
         nb.files.update(components.files(ctx, node))
-        nb.userdata = userdata.render(ctx, nb)
+        userdata.render(ctx, nb)
         nodes[node.name] = nb
     return Bundle(shared, nodes)

@@ -40,6 +40,17 @@ def render(template: str, **values) -> str:
 
 
 @cache
+def without_comments(script: str) -> str:
+    """A shell script without its comment lines and blank lines, for the userdata's budget:
+    the shebang and shellcheck directives stay; the commented source is the template."""
+    keep = [
+        line for i, line in enumerate(script.splitlines(keepends=True))
+        if line.strip() and (i == 0 or not line.lstrip().startswith("#") or line.lstrip().startswith("# shellcheck"))
+    ]
+    return "".join(keep)
+
+
+@cache
 def _text(name: str) -> str:
     return (root() / name).read_text()
 

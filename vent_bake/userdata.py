@@ -1,37 +1,58 @@
-"""One `#cloud-config` per node: write every file of the node, then run the boot script.
+"""One `#cloud-config` per node: write what the node cannot fetch, then fetch the rest and boot.
 
-Each file becomes one write_files entry, in the form that keeps the userdata small and the
-review readable:
+The budgets (16 KiB, 8 KiB for a worker) hold a node's keys and little else, so the userdata
+carries only its secrets and the files components.INLINE names. Every other file goes on the
+node's fetch list, `nodes/<host>/fetch.list` ("sha256 mode path" per line), published with
+the artifacts; the userdata pins the list's sha256, and the fetch script checks every file
+against the list before it installs any.
+
+Each carried file becomes one write_files entry, in the form that keeps the userdata small and
+the review readable:
 - a file that is a secret as a whole (a key) is `encoding: b64` with the secret's marker, which
   reveals to the base64 of the key: the marker stays visible and nothing secret is compressed;
 - a file with a secret inside (the encryption config) is plain text, marker in place;
 - any other file is `gz+b64` (gzip with a fixed mtime, so the bytes never change) when that is
   smaller, and plain text otherwise.
-The artifacts tree holds every one of these files as plain text beside the userdata.
+The artifacts tree holds every file, carried or fetched, as plain text beside the userdata.
 """
 
 import base64
 import gzip
+import hashlib
+from functools import cache
 
-from vent_bake import secrets, templates
+from vent_bake import components, secrets, templates
 from vent_bake.bundle import NodeBundle
 
 BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}  # bytes of revealed userdata
-
+FETCH = f"{components.LIB}/fetch"
 
 # Files this small rarely shrink under gzip+base64; not trying saves most of the work.
 SMALLEST_WORTH_PACKING = 512
+
+
+# Most files are the same object on every node of a role (render.Context): a thousand nodes
+# should not cost a thousand scans and digests of each.
+@cache
+def carried(path: str, content: str) -> bool:
+    """Is this file in the userdata itself rather than on the fetch list?"""
+    return path in components.INLINE or bool(secrets.markers(content))
+
+
+@cache
+def _listed(path: str, content: str, mode: int) -> str:
+    return f"{hashlib.sha256(content.encode()).hexdigest()} 0{mode:o} {path}\n"
 
 
 def _entry(ctx, path: str, content: str, mode: int) -> str:
     """One write_files entry, rendered once for every node that has the same file."""
     key = (path, mode, content)
     if key not in ctx.entries:
-        ctx.entries[key] = templates.render("cloudinit/write-file.yaml", **_form(ctx, path, content, mode))
+        ctx.entries[key] = templates.render("cloudinit/write-file.yaml", **_form(path, content, mode))
     return ctx.entries[key]
 
 
-def _form(ctx, path: str, content: str, mode: int) -> dict:
+def _form(path: str, content: str, mode: int) -> dict:
     entry = {"path": path, "permissions": f"0{mode:o}", "encoding": None, "block": False}
     if secrets.MARKER.fullmatch(content):
         return entry | {"encoding": "b64", "content": content.replace(":raw:", ":b64:", 1)}
@@ -45,6 +66,19 @@ def _form(ctx, path: str, content: str, mode: int) -> dict:
     return entry | {"block": block, "content": content}
 
 
-def render(ctx, nb: NodeBundle) -> str:
-    entries = [_entry(ctx, path, f.content, f.mode) for path, f in sorted(nb.files.items())]
-    return templates.render("cloudinit/userdata.yaml", entries=entries, **ctx.node_values(nb.node))
+def fetch_list(nb: NodeBundle) -> str:
+    return "".join(_listed(path, f.content, f.mode) for path, f in sorted(nb.files.items()) if not carried(path, f.content))
+
+
+def render(ctx, nb: NodeBundle) -> None:
+    """Fill in the node's fetch list and its userdata."""
+    nb.fetch_list = fetch_list(nb)
+    entries = [_entry(ctx, path, f.content, f.mode) for path, f in sorted(nb.files.items()) if carried(path, f.content)]
+    nb.userdata = templates.render(
+        "cloudinit/userdata.yaml",
+        entries=entries,
+        fetch=FETCH,
+        base_url=f"{ctx.cluster.boot.artifacts_base}nodes/{nb.node.name}/",
+        list_sha256=hashlib.sha256(nb.fetch_list.encode()).hexdigest(),
+        **ctx.node_values(nb.node),
+    )

@@ -7,6 +7,7 @@ certificate that expires within --days, a userdata over its size budget.
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import re
@@ -62,7 +63,7 @@ def load(paths: bake.Paths, days: int = 30) -> Bundle:
 
 def run(bundle: Bundle) -> list[Finding]:
     checks = (check_manifest, check_certificates, check_kubeconfigs, check_references,
-              check_secrets, check_privilege, check_sizes, check_ranges)
+              check_secrets, check_privilege, check_fetch, check_sizes, check_ranges)
     return [finding for check in checks for finding in check(bundle)]
 
 
@@ -272,6 +273,43 @@ def check_privilege(b: Bundle):
                 allowed.add(certs.key_path("admin"))
         for name in sorted(names - allowed):
             yield Finding("privilege", f"nodes/{node.name}/userdata", f"carries {name}, which a {b.cluster.role(node)} must not hold")
+
+
+# --- fetch: the userdata pins the list, the list pins every file the userdata does not carry ---
+
+def check_fetch(b: Bundle):
+    for node in b.cluster.nodes:
+        here = f"nodes/{node.name}"
+        listed, text = b.tree.get(f"{here}/fetch.list"), b.text(f"{here}/userdata")
+        if listed is None or text is None:
+            yield Finding("fetch", here, "has no fetch.list or no userdata; run `vent-bake render`")
+            continue
+        try:
+            doc = yaml.safe_load(text)
+            _, url, pin = doc["runcmd"][0]
+            carried = {f["path"] for f in doc["write_files"]}
+        except (yaml.YAMLError, KeyError, TypeError, ValueError):
+            yield Finding("fetch", f"{here}/userdata", "not a vent-bake userdata (no write_files, or no fetch command first in runcmd)")
+            continue
+        if pin != hashlib.sha256(listed).hexdigest():
+            yield Finding("fetch", f"{here}/userdata", "pins another fetch.list than the one beside it")
+        if url != f"{b.cluster.boot.artifacts_base}{here}/":
+            yield Finding("fetch", f"{here}/userdata", f"fetches from {url}, the cluster file says {b.cluster.boot.artifacts_base}{here}/")
+        files = {path: data.encode() for path, data in b.node_files(node.name).items()}
+        fetched = {}
+        for line in listed.decode(errors="replace").splitlines():
+            digest, mode, path = (line.split(" ", 2) + ["", ""])[:3]
+            fetched[path] = digest
+            if path not in files:
+                yield Finding("fetch", f"{here}/fetch.list", f"lists {path}, which is not in files/")
+            elif digest != hashlib.sha256(files[path]).hexdigest():
+                yield Finding("fetch", f"{here}/fetch.list", f"{path}: its sha256 is not the file's in files/")
+            if secrets.markers(files.get(path, b"").decode(errors="replace")):
+                yield Finding("fetch", f"{here}/fetch.list", f"lists {path}, which carries a secret: secrets travel only in the userdata")
+        for path in sorted(files.keys() - fetched.keys() - carried):
+            yield Finding("fetch", f"{here}/files{path}", "neither carried by the userdata nor on fetch.list")
+        for path in sorted(fetched.keys() & carried):
+            yield Finding("fetch", f"{here}/files{path}", "both carried by the userdata and on fetch.list")
 
 
 # --- sizes ----------------------------------------------------------------------------------------
