@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages whose real tools the tests run.
-DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd haproxy
+DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd runc haproxy \
+  containernetworking-plugins debootstrap systemd-container
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: example test deps debs benchmark clean

@@ -25,7 +25,7 @@ PACKAGES="ca-certificates curl socat conntrack ipset iptables nftables haproxy i
 step_prep() {
     log "prep: kernel modules, sysctls, swap off, OS packages"
     systemctl restart systemd-modules-load.service
-    sysctl --quiet --system
+    sysctl --quiet --load /etc/sysctl.d/90-vent.conf
     swapoff -a
     sed -i -E '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab
     local package missing=()

@@ -69,7 +69,7 @@ prepare() {
         etcdctl --endpoints="$endpoints" member add "$NODE_NAME" --peer-urls="$PEER_URL" --learner
         log "added $NODE_NAME as a learner"
     fi
-    echo "ETCD_INITIAL_CLUSTER_STATE=existing" >"$JOIN_ENV"
+    echo "VENT_ETCD_CLUSTER_STATE=existing" >"$JOIN_ENV"
 }
 
 promote() {

@@ -22,37 +22,52 @@ fail() {
     exit 1
 }
 
-# download_verified LABEL URL ALGORITHM DIGEST OUT: OUT appears only once its content matches
-# the pinned digest; a failure or mismatch is retried with backoff, then returns 1.
-download_verified() {
-    local label=$1 url=$2 algorithm=$3 digest=$4 out=$5 actual attempt
+# A command that stops a script under `set -e` says so, where an operator will look. (In a
+# subshell, the script that waits for it reports.)
+on_error() {
+    local status=$?
+    [ "$BASH_SUBSHELL" -gt 0 ] || fail "line ${BASH_LINENO[0]}: \`$BASH_COMMAND\` exited $status"
+}
+set -o errtrace
+trap on_error ERR
+
+# retry WHAT COMMAND...: COMMAND until it succeeds, ATTEMPTS times, backing off in between.
+retry() {
+    local what=$1 attempt
+    shift
     for attempt in $(seq 1 "$ATTEMPTS"); do
-        if curl -fsSL --connect-timeout 20 --max-time 900 -o "$out.part" "$url"; then
-            actual=$("${algorithm}sum" "$out.part" | cut -d' ' -f1)
-            if [ "$actual" = "$digest" ]; then
-                mv "$out.part" "$out"
-                return 0
-            fi
-            log "$label from $url does not match its pinned digest: expected $algorithm $digest, got $actual (attempt $attempt of $ATTEMPTS)"
-        else
-            log "$label from $url failed (attempt $attempt of $ATTEMPTS)"
-        fi
-        rm -f "$out.part"
+        "$@" && return 0
+        log "$what failed (attempt $attempt of $ATTEMPTS)"
         [ "$attempt" -lt "$ATTEMPTS" ] && sleep $((BACKOFF ** attempt))
     done
     return 1
 }
 
-# install_packages LABEL PACKAGE...: from the OS's own repositories, retried with backoff.
+# download_verified LABEL URL ALGORITHM DIGEST OUT: OUT appears only once its content matches
+# the pinned digest; a failed download or a mismatch is retried, then returns 1.
+download_verified() {
+    retry "$1 from $2" _download "$@"
+}
+
+_download() {
+    local label=$1 url=$2 algorithm=$3 digest=$4 out=$5 actual
+    curl -fsSL --connect-timeout 20 --max-time 900 -o "$out.part" "$url" || return 1
+    actual=$("${algorithm}sum" "$out.part" | cut -d' ' -f1)
+    if [ "$actual" != "$digest" ]; then
+        rm -f "$out.part"
+        log "$label from $url does not match its pinned digest: expected $algorithm $digest, got $actual"
+        return 1
+    fi
+    mv "$out.part" "$out"
+}
+
+# install_packages LABEL PACKAGE...: from the OS's own repositories.
 install_packages() {
-    local label=$1 attempt
+    local label=$1
     shift
-    for attempt in $(seq 1 "$ATTEMPTS"); do
-        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; then
-            return 0
-        fi
-        log "$label: installing $* failed (attempt $attempt of $ATTEMPTS)"
-        [ "$attempt" -lt "$ATTEMPTS" ] && sleep $((BACKOFF ** attempt))
-    done
-    fail "$label: could not install $*"
+    retry "$label: installing $*" _apt_install "$@" || fail "$label: could not install $*"
+}
+
+_apt_install() {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }

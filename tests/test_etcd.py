@@ -222,7 +222,7 @@ def test_a_replaced_controller_rejoins_by_itself(network, controllers, cluster, 
                        capture_output=True)
 
     join("prepare")
-    assert join_env.read_text() == "ETCD_INITIAL_CLUSTER_STATE=existing\n"
+    assert join_env.read_text() == "VENT_ETCD_CLUSTER_STATE=existing\n"
     assert f"({host}) lost its data: removing it to add it back" in log.read_text()
     assert f"added {host} as a learner" in log.read_text()
     # Run again before etcd ever started (the device rebooted first): the member it added is

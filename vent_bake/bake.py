@@ -156,6 +156,24 @@ def examine(tree: dict[str, bytes], inputs: str) -> Examination:
     return Examination(listed[1], listed[0] != inputs, manifest.altered(listed[1], tree), tree)
 
 
+def reviewed(paths: Paths, text: bytes, cluster: Cluster, state: State) -> dict[str, bytes]:
+    """The artifacts tree, if it is exactly what these inputs render; else an error naming the
+    command to run. What boots must be what was reviewed."""
+    found = examine(read_artifacts(paths.out), manifest.inputs_digest(text, state, cluster))
+    if found.listed is None:
+        raise VentError(f"{paths.out}: no rendered artifacts: run `vent-bake render` and review them")
+    if found.stale:
+        raise VentError(f"{paths.out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
+    if found.altered:
+        raise VentError(f"{paths.out}/{found.altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
+    return found.tree
+
+
+def revealed_all(tree: dict[str, bytes], cluster: Cluster, state: State) -> dict[str, str]:
+    """Every node's bootable userdata, from a reviewed tree."""
+    return {n.name: reveal(tree[f"nodes/{n.name}/userdata"].decode(), state, f"nodes/{n.name}/userdata") for n in cluster.nodes}
+
+
 def write_artifacts(out: Path, tree: dict[str, bytes]) -> None:
     """Replace vent-bake's part of the artifacts directory, keeping the operator's own files."""
     try:

@@ -35,25 +35,43 @@ def main():
     """Render a Kubernetes-the-hard-way bootstrap for bare-metal spot machines, and launch it."""
 
 
-@main.command()
-@click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
-@click.option("--controllers", type=click.IntRange(1, 99), default=3, show_default=True)
-@click.option("--workers", type=click.IntRange(0, 100_000), default=2, show_default=True)
-@click.option("--name", default="vent", show_default=True, help="Cluster name.")
-@click.option("--force", is_flag=True, help="Overwrite an existing cluster file.")
-def init(directory: Path, controllers: int, workers: int, name: str, force: bool):
-    """Write DIRECTORY/cluster.yaml, a commented example that renders as it is."""
-    target = directory / "cluster.yaml"
-    if target.exists() and not force:
-        raise VentError(f"{target} already exists; pass --force to overwrite it")
+def example_options(workers: int, name: str):
+    """The options of the commands that write an example cluster file."""
+    options = (
+        click.argument("directory", type=click.Path(path_type=Path), default=Path(".")),
+        click.option("--controllers", type=click.IntRange(1, 99), default=3, show_default=True),
+        click.option("--workers", type=click.IntRange(0, 100_000), default=workers, show_default=True),
+        click.option("--name", default=name, show_default=True, help="Cluster name."),
+        click.option("--force", is_flag=True, help="Overwrite an existing cluster file."),
+    )
+
+    def wrap(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return wrap
+
+
+def _example(directory: Path, controllers: int, workers: int, name: str, force: bool) -> str:
+    """The example cluster file's text, checked; refuses to overwrite one without --force."""
+    if (directory / "cluster.yaml").exists() and not force:
+        raise VentError(f"{directory / 'cluster.yaml'} already exists; pass --force to overwrite it")
     try:
         text = example.cluster_yaml(name, controllers, workers)
     except ValueError as exc:
         raise VentError(f"init: {exc}") from None
     config.parse(text, "--name")  # the example must itself be valid (a bad --name fails here)
+    return text
+
+
+@main.command()
+@example_options(workers=2, name="vent")
+def init(directory: Path, controllers: int, workers: int, name: str, force: bool):
+    """Write DIRECTORY/cluster.yaml, a commented example that renders as it is."""
+    text = _example(directory, controllers, workers, name, force)
     directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    click.echo(f"wrote {target} ({controllers} controllers, {workers} workers)")
+    (directory / "cluster.yaml").write_text(text)
+    click.echo(f"wrote {directory / 'cluster.yaml'} ({controllers} controllers, {workers} workers)")
 
 
 @main.command()
@@ -216,3 +234,77 @@ def lock_command(cluster_file: Path, version: str | None, source: str | None):
 def schema():
     """Print the JSON Schema of the cluster file."""
     click.echo(json.dumps(config.schema(), indent=2))
+
+
+@main.group(cls=Group)
+def lab():
+    """Boot the rendered nodes on this machine, under real systemd and cloud-init (root)."""
+
+
+@lab.command("init")
+@example_options(workers=1, name="lab")
+def lab_init(directory: Path, controllers: int, workers: int, name: str, force: bool):
+    """Write a cluster file for the lab, and a lab lock and mirror of what this machine can serve."""
+    from vent_bake.lab import mirror
+
+    for path in mirror.init(directory, _example(directory, controllers, workers, name, force)):
+        click.echo(f"wrote {path}")
+    click.echo(f"now run `vent-bake render -c {directory / 'cluster.yaml'}`, then `vent-bake lab up -c {directory / 'cluster.yaml'}`")
+
+
+def _lab(cluster_file: Path, out: Path | None, state: Path | None):
+    from vent_bake.lab import lab as steps
+
+    return steps, steps.Lab.load(bake.Paths.resolve(cluster_file, out, state))
+
+
+@lab.command("up")
+@click.argument("nodes", nargs=-1)
+@cluster_option
+@out_option
+@state_option
+@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True, help="Seconds to wait for cloud-init.")
+def lab_up(nodes, cluster_file, out, state, timeout):
+    """Boot every node that is not running (or fresh NODES) and wait until cloud-init is done."""
+    steps, the_lab = _lab(cluster_file, out, state)
+    steps.up(the_lab, nodes, click.echo, timeout)
+    _lab_report(steps, the_lab)
+
+
+def _lab_report(steps, the_lab):
+    rows, skipped = steps.status(the_lab)
+    click.echo(launch.format_table(rows))
+    for component, reason in skipped.items():
+        click.echo(f"not exercised: {component}: {reason}")
+
+
+@lab.command("status")
+@cluster_option
+@out_option
+@state_option
+def lab_status(cluster_file, out, state):
+    """Each node's state, cloud-init result and boot log, and what the lab does not exercise."""
+    _lab_report(*_lab(cluster_file, out, state))
+
+
+@lab.command("down")
+@click.argument("nodes", nargs=-1)
+@cluster_option
+@out_option
+@state_option
+def lab_down(nodes, cluster_file, out, state):
+    """Stop and discard NODES, or the whole lab: nodes, namespaces, service, disks."""
+    steps, the_lab = _lab(cluster_file, out, state)
+    steps.down(the_lab, nodes, click.echo)
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@cluster_option
+@out_option
+@state_option
+def lab_exec(node, command, cluster_file, out, state):
+    """Run COMMAND inside NODE (put it after --)."""
+    steps, the_lab = _lab(cluster_file, out, state)
+    sys.exit(steps.exec_in(the_lab, node, list(command)))

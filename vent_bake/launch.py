@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import requests
 import yaml
 
-from vent_bake import bake, manifest, render
+from vent_bake import bake, render
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import VentError
 from vent_bake.provider import Machine, NodeSpec, Provider, ProviderError, cluster_tag, node_tag, role_tag
@@ -94,15 +94,9 @@ def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: by
     for name, address in render.node_addresses(cluster, state).items():
         if address is None or address not in held:
             raise VentError(f"node {name} has no address reserved in the project: run `vent-bake reserve`, then `vent-bake render`")
-    found = bake.examine(bake.read_artifacts(paths.out), manifest.inputs_digest(text, state, cluster))
-    if found.listed is None:
-        raise VentError(f"{paths.out}: no rendered artifacts: run `vent-bake render` and review them")
-    if found.stale:
-        raise VentError(f"{paths.out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
-    if found.altered:
-        raise VentError(f"{paths.out}/{found.altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
-    check_published(cluster, found.tree)
-    return {n.name: bake.reveal(found.tree[f"nodes/{n.name}/userdata"].decode(), state, f"nodes/{n.name}/userdata") for n in cluster.nodes}
+    tree = bake.reviewed(paths, text, cluster, state)
+    check_published(cluster, tree)
+    return bake.revealed_all(tree, cluster, state)
 
 
 def check_published(cluster: Cluster, tree: dict[str, bytes], concurrency: int = 16) -> None:
@@ -231,7 +225,7 @@ def table(cluster: Cluster, state: State, machines: dict[str, Machine]) -> list[
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ("node", "role", "device", "state", "address", "price")
+    cols = tuple(rows[0]) if rows else ()
     cells = [[("" if r[c] is None else str(r[c])) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]

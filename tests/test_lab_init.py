@@ -1,0 +1,99 @@
+"""`vent-bake lab init` and the lab's plan, without booting anything: the lab's cluster file
+renders as it is, its lock pins exactly the files its mirror serves, and a bundle the closed
+lab could not boot is refused with the field to change."""
+
+import hashlib
+import ipaddress
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import cli, render, write_cluster
+from tools import need
+from vent_bake import bake, binaries, config, lock
+from vent_bake.errors import VentError
+from vent_bake.lab import lab as steps
+from vent_bake.lab import mirror, plan
+
+
+@pytest.fixture(scope="module")
+def lab_dir(tmp_path_factory):
+    need("/usr/bin/etcd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge")
+    directory = tmp_path_factory.mktemp("lab-init")
+    result = cli("lab", "init", directory)
+    assert result.exit_code == 0, result.output
+    return directory
+
+
+def test_the_lab_lock_pins_what_the_mirror_serves(lab_dir):
+    cluster = config.load(lab_dir / "cluster.yaml")
+    components = cluster.lock[cluster.versions.kubernetes]
+    served = {p.name: p.read_bytes() for p in (lab_dir / mirror.MIRROR_DIR).iterdir()}
+    for role in ("controller", "worker"):
+        for download in binaries.downloads(cluster, role):
+            name = download.url.removeprefix(plan.MIRROR_URL)
+            assert download.algorithm == "sha256" and hashlib.sha256(served[name]).hexdigest() == download.digest, name
+    assert components["etcd"][cluster.arch]["source"].startswith("Debian package etcd-server ")
+    assert set(mirror.not_exercised(components, cluster.arch)) == set(mirror.STAND_INS)
+
+
+def test_lab_init_is_reproducible_and_refuses_to_overwrite(lab_dir, tmp_path):
+    again = tmp_path / "again"
+    assert cli("lab", "init", again).exit_code == 0
+    assert (again / lock.PROJECT_LOCK).read_text() == (lab_dir / lock.PROJECT_LOCK).read_text()
+    result = cli("lab", "init", again)
+    assert result.exit_code == 1 and "already exists; pass --force" in result.stderr
+
+
+def test_the_lab_cluster_renders_and_fits_the_closed_lab(lab_dir):
+    render(lab_dir / "cluster.yaml")
+    lab = steps.Lab.load(bake.Paths.resolve(lab_dir / "cluster.yaml", None, None))
+    steps.check_bundle(lab)
+    assert [n.name for n in lab.nodes] == ["controller-0", "controller-1", "controller-2", "worker-0"]
+
+
+def test_a_bundle_that_reaches_outside_is_refused(tmp_path):
+    cluster = write_cluster(tmp_path)
+    render(cluster)
+    lab = steps.Lab.load(bake.Paths.resolve(cluster, None, None))
+    with pytest.raises(VentError, match=r"boot.artifacts_url: is https://files.example.com/vent/artifacts/; the lab serves it at"
+                                        r" http://169.254.169.254/artifacts/ \(`vent-bake lab init` writes a cluster file for the lab\)"):
+        steps.check_bundle(lab)
+    text = cluster.read_text().replace("https://files.example.com/vent/artifacts/", plan.ARTIFACTS_URL)
+    cluster.write_text(text.replace("https://metadata.platformequinix.com/metadata", plan.METADATA_URL))
+    lab = steps.Lab.load(bake.Paths.resolve(cluster, None, None))
+    with pytest.raises(VentError, match=r"kubernetes-server comes from https://dl.k8s.io/.*which the closed lab cannot reach"):
+        steps.check_bundle(lab)
+
+
+def test_layout_is_packets_and_stays_apart_from_the_nodes_addresses(tmp_path):
+    cluster = config.load(write_cluster(tmp_path, controllers=3, workers=2))
+    nodes = plan.layout(cluster, {n.name: n.address for n in cluster.nodes})
+    for node in nodes:
+        public = ipaddress.ip_interface(f"{node.public}/31")
+        assert ipaddress.ip_address(node.public_gateway) in public.network and node.public_gateway != node.public
+        assert ipaddress.ip_address(node.private) in ipaddress.ip_network("10.0.0.0/8")
+    assert len({n.port for n in nodes}) == len({n.public for n in nodes}) == 5
+    doc = plan.metadata(nodes[0], cluster, assigned=False)
+    assert [a["address"] for a in doc["network"]["addresses"]] == [nodes[0].public, nodes[0].private]
+    assigned = plan.metadata(nodes[0], cluster, assigned=True)["network"]["addresses"][-1]
+    assert (assigned["address"], assigned["cidr"], assigned["public"]) == (nodes[0].reserved, 32, True)
+    with pytest.raises(VentError, match="is inside the lab's own 100.64.0.0/24"):
+        plan.layout(cluster, {n.name: "100.64.0.9" for n in cluster.nodes})
+
+
+def test_the_network_config_is_one_cloud_init_reads(tmp_path):
+    """cloud-init's own renderer turns the seed's network config into Packet's bond0: the public
+    /31 with the default route, the private /31 as an alias with the route to 10/8."""
+    need("/usr/bin/python3", "cloud-init")
+    cluster = config.load(write_cluster(tmp_path))
+    node = plan.layout(cluster, {n.name: n.address for n in cluster.nodes})[0]
+    (tmp_path / "network.yaml").write_text(yaml.safe_dump(plan.network_config(node)))
+    code = ("import sys, yaml\n"
+            "from cloudinit.net import network_state, eni\n"
+            "state = network_state.parse_net_config_data(yaml.safe_load(open(sys.argv[1])))\n"
+            "print(eni.Renderer()._render_interfaces(state))\n")
+    out = subprocess.run(["/usr/bin/python3", "-c", code, str(tmp_path / "network.yaml")], capture_output=True, text=True, check=True).stdout
+    assert f"iface bond0 inet static\n    address {node.public}/31\n    gateway {node.public_gateway}" in out
+    assert f"iface bond0 inet static\n    address {node.private}/31\n    post-up route add -net 10.0.0.0/8 gw {node.private_gateway}" in out

@@ -1,0 +1,57 @@
+"""The golden root filesystem every lab node boots from: a Debian 12 minbase with systemd,
+cloud-init and the OS packages the boot script would otherwise install (the lab is closed,
+so nodes cannot reach Debian's mirrors). Built once with debootstrap, kept by the hash of
+what went into it; each node boots an overlay of it.
+"""
+
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from vent_bake import templates
+from vent_bake.errors import VentError
+
+SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+BASE = ("systemd", "systemd-sysv", "dbus", "cloud-init", "locales", "ifupdown", "iproute2", "curl", "ca-certificates",
+        "kmod", "procps", "libseccomp2",
+        "net-tools",  # cloud-init's ifupdown config adds static routes with `route`
+        "python3-cffi-backend")  # debootstrap fails to configure cloud-init's dependencies without it
+# cloud-init's NoCloud seed is the lab's datasource, as the metadata service is Packet's.
+CLOUD_CFG = "datasource_list: [NoCloud]\n"
+
+
+def packages() -> tuple[str, ...]:
+    """BASE plus the OS packages the boot script installs when they are missing."""
+    found = re.search(r'^PACKAGES="([^"]*)"', templates.render("cloudinit/boot.sh"), re.M)
+    return tuple(sorted(set(BASE) | set(found[1].split())))
+
+
+def golden(cache: Path, say) -> Path:
+    """The golden root filesystem, built now if the cache has none for these packages."""
+    wanted = packages()
+    key = hashlib.sha256(f"{SUITE}\0{DEBIAN_MIRROR}\0{' '.join(wanted)}\0{CLOUD_CFG}".encode()).hexdigest()[:16]
+    root = cache / f"golden-{SUITE}-{key}"
+    if root.is_dir():
+        return root
+    if not shutil.which("debootstrap"):
+        raise VentError("lab: debootstrap is not installed; install the Debian package debootstrap")
+    building = cache / f".building-{key}"
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    say(f"building the golden image ({SUITE}, {len(wanted)} packages) in {root}; this takes a minute or two")
+    proc = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(wanted)}", SUITE, str(building), DEBIAN_MIRROR],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(building, ignore_errors=True)
+        raise VentError(f"lab: debootstrap failed: {(proc.stdout + proc.stderr).strip().splitlines()[-1]}")
+    # cloud-init's locale module fails without the locale; every node gets its own identity.
+    (building / "etc/locale.gen").write_text("en_US.UTF-8 UTF-8\n")
+    subprocess.run(["chroot", str(building), "locale-gen"], check=True, capture_output=True)
+    (building / "etc/machine-id").write_text("")
+    (building / "etc/hostname").unlink(missing_ok=True)
+    (building / "etc/cloud/cloud.cfg.d/90-vent-lab.cfg").write_text(CLOUD_CFG)
+    building.rename(root)
+    return root

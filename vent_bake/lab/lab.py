@@ -1,0 +1,227 @@
+"""`vent-bake lab up|status|down|exec`: the lab's steps, in order.
+
+    up      check the host and the bundle, build (or reuse) the golden image, bring up the
+            provider's namespace and service, then for each node: its namespace and bond0,
+            a fresh overlay and seed, systemd-nspawn; assign each node's reserved address once
+            its network unit waits for it; wait until cloud-init is done everywhere
+    status  each node's state, cloud-init's result and the boot log's last word, and every
+            component the lab could not exercise, with the reason
+    down    stop and discard nodes (all of them: the whole lab, namespaces and service too)
+    exec    a command inside a node
+
+The lab's disks and logs are under $VENT_LAB_DIR (default /var/lib/vent-bake/lab): the golden
+image in cache/, each lab in a directory named after it.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vent_bake import bake, binaries, render
+from vent_bake.config import Cluster
+from vent_bake.errors import VentError
+from vent_bake.lab import image, mirror, network, nodes, plan
+from vent_bake.lab.nodes import NodeDir
+from vent_bake.lab.plan import LabNode
+from vent_bake.state import State
+
+BOOT_LOG = "/var/log/vent-boot.log"
+CLOUD_INIT_RESULT = "/var/lib/cloud/data/result.json"
+TOOLS = ("systemd-nspawn", "nsenter", "ip", "mount")
+
+
+def base() -> Path:
+    return Path(os.environ.get("VENT_LAB_DIR", "/var/lib/vent-bake/lab"))
+
+
+@dataclass
+class Lab:
+    paths: bake.Paths
+    text: bytes
+    cluster: Cluster
+    state: State
+    nodes: list[LabNode]
+
+    @classmethod
+    def load(cls, paths: bake.Paths) -> "Lab":
+        text, cluster, state = bake.load(paths)
+        return cls(paths, text, cluster, state, plan.layout(cluster, render.addresses(cluster, state)))
+
+    @property
+    def name(self) -> str:
+        return plan.name(self.cluster)
+
+    @property
+    def work(self) -> Path:
+        return base() / self.name
+
+    def dir(self, node: LabNode) -> NodeDir:
+        return NodeDir(self.work, node)
+
+    def pick(self, names: tuple[str, ...]) -> list[LabNode]:
+        known = {n.name: n for n in self.nodes}
+        for name in names:
+            if name not in known:
+                raise VentError(f"lab: no node {name!r} in {self.paths.cluster}")
+        return [known[n] for n in names] if names else self.nodes
+
+
+# --- up -------------------------------------------------------------------------------------------
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        raise VentError("lab: needs root (network namespaces, overlay mounts, systemd-nspawn)")
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        raise VentError(f"lab: {', '.join(missing)} not found; install the Debian packages systemd-container, util-linux and iproute2")
+
+
+def check_bundle(lab: Lab) -> None:
+    """The lab is closed: every URL a node uses must be the lab's own service."""
+    boot = lab.cluster.boot
+    for field, have, want in (("boot.artifacts_url", boot.artifacts_url, plan.ARTIFACTS_URL),
+                              ("boot.metadata_url", boot.metadata_url, plan.METADATA_URL)):
+        if have != want:
+            raise VentError(f"{lab.paths.cluster}: {field}: is {have}; the lab serves it at {want}"
+                            " (`vent-bake lab init` writes a cluster file for the lab)")
+    for role in ("controller", "worker"):
+        for download in binaries.downloads(lab.cluster, role):
+            if not download.url.startswith(plan.MIRROR_URL):
+                raise VentError(f"{lab.paths.cluster}: {download.name} comes from {download.url}, which the closed lab cannot"
+                                f" reach; the lab serves binaries at {plan.MIRROR_URL} (`vent-bake lab init` writes a lab lock)")
+
+
+def _service_running(lab: Lab) -> bool:
+    ready = lab.work / "service.ready"
+    return ready.exists() and nodes.alive(int(ready.read_text()))
+
+
+def start_service(lab: Lab) -> None:
+    if _service_running(lab):
+        return
+    (lab.work / "metadata").mkdir(parents=True, exist_ok=True)
+    (lab.work / "service.ready").unlink(missing_ok=True)
+    addresses = {a: n.name for n in lab.nodes for a in (n.public, n.private, n.reserved)}
+    config = {"address": plan.SERVICE_IP, "artifacts": str(lab.paths.out), "mirror": str(lab.paths.cluster.parent / mirror.MIRROR_DIR),
+              "nodes": addresses}
+    (lab.work / "service.json").write_text(json.dumps(config, indent=2))
+    with open(lab.work / "service.err", "ab") as err:
+        subprocess.Popen(["ip", "netns", "exec", lab.name, sys.executable, "-m", "vent_bake.lab.service", str(lab.work)],
+                         stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while not (lab.work / "service.ready").exists():
+        if time.monotonic() > deadline:
+            raise VentError(f"lab: the service did not start; see {lab.work / 'service.err'}")
+        time.sleep(0.1)
+
+
+def _publish_metadata(lab: Lab, node: LabNode, assigned: bool) -> None:
+    target = lab.work / "metadata" / f"{node.name}.json"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan.metadata(node, lab.cluster, assigned), indent=2))
+    tmp.replace(target)
+
+
+def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: float = 600) -> None:
+    check_host()
+    check_bundle(lab)
+    userdata = bake.revealed_all(bake.reviewed(lab.paths, lab.text, lab.cluster, lab.state), lab.cluster, lab.state)
+    golden = image.golden(base() / "cache", say)
+    lab.work.mkdir(parents=True, exist_ok=True)
+    network.create(lab.name)
+    start_service(lab)
+    targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
+    for node in targets:
+        network.prepare(node)
+        _publish_metadata(lab, node, assigned=False)
+        nodes.boot(lab.dir(node), golden, userdata[node.name], plan.network_config(node))
+        network.plug(node)
+        say(f"{node.name}: booting ({node.role}, bond0 {node.public}/31, private {node.private}/31)")
+    settle(lab, targets, say, timeout)
+
+
+def settle(lab: Lab, targets: list[LabNode], say: Callable[[str], None], timeout: float) -> None:
+    """Assign each node's reserved address once its network unit waits for it, as the provider
+    does after a device is up; return when every node's cloud-init is done and its network
+    ready, or its boot has failed."""
+    assigned: set[str] = set()
+    pending = {n.name: n for n in targets}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for name, node in list(pending.items()):
+            d = lab.dir(node)
+            log = _read(d.file(BOOT_LOG))
+            if name not in assigned and f"waiting for {node.reserved} to be assigned" in log:
+                network.assign(node)
+                _publish_metadata(lab, node, assigned=True)
+                assigned.add(name)
+                say(f"{name}: reserved address {node.reserved} assigned")
+            result = _read(d.file(CLOUD_INIT_RESULT))
+            failed = "FAILED:" in log or (result and json.loads(result)["v1"]["errors"])
+            if result and ("vent-network: network ready" in log or failed):
+                say(f"{name}: cloud-init done" + (f"; the boot failed: {_last(log, 'FAILED:')}" if failed else ""))
+                del pending[name]
+            elif d.pid is None:
+                raise VentError(f"lab: node {name} stopped while booting; see {d.console}")
+        if pending and time.monotonic() > deadline:
+            raise VentError(f"lab: {', '.join(sorted(pending))} not done after {timeout:.0f} s; see `vent-bake lab status`")
+        time.sleep(0.5)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _last(text: str, marker: str) -> str:
+    return next((line.split(marker, 1)[1].strip() for line in reversed(text.splitlines()) if marker in line), "")
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+def status(lab: Lab) -> tuple[list[dict], dict[str, str]]:
+    """(a row per node, component -> why the lab does not exercise it)."""
+    rows = []
+    for node in lab.nodes:
+        d = lab.dir(node)
+        log = _read(d.file(BOOT_LOG))
+        result = _read(d.file(CLOUD_INIT_RESULT))
+        cloud_init = "running" if d.pid and not result else "done" if result and not json.loads(result)["v1"]["errors"] else (
+            "failed" if result else "-")
+        boot = f"FAILED: {_last(log, 'FAILED:')}" if "FAILED:" in log else (log.strip().splitlines() or ["-"])[-1].split(" ", 1)[-1]
+        rows.append({"node": node.name, "role": node.role, "state": "running" if d.pid else "stopped",
+                     "reserved": node.reserved, "cloud-init": cloud_init, "boot log": boot})
+    return rows, mirror.not_exercised(lab.cluster.lock[lab.cluster.versions.kubernetes], lab.cluster.arch)
+
+
+# --- down and exec ---------------------------------------------------------------------------------
+
+def down(lab: Lab, names: tuple[str, ...], say: Callable[[str], None]) -> None:
+    check_host()
+    for node in lab.pick(names):
+        nodes.discard(lab.dir(node))
+        network.unassign(node)
+        say(f"{node.name}: stopped and discarded")
+    if names:
+        return
+    ready = lab.work / "service.ready"
+    if _service_running(lab):
+        os.kill(int(ready.read_text()), signal.SIGTERM)
+    network.destroy(lab.name)
+    shutil.rmtree(lab.work, ignore_errors=True)
+    nodes.remove_empty_cgroup_roots()
+    say(f"lab {lab.name}: down")
+
+
+def exec_in(lab: Lab, name: str, command: list[str]) -> int:
+    (node,) = lab.pick((name,))
+    return nodes.run_in(lab.dir(node), command).returncode
