@@ -83,7 +83,7 @@ def quorum(cluster: Path, node: str) -> bool:
 
 
 def test_every_node_boots_to_cloud_init_done(cluster):
-    rows, _ = steps.status(the_lab(cluster))
+    rows, _, _ = steps.status(the_lab(cluster))
     assert [(r["node"], r["state"], r["cloud-init"]) for r in rows] == [(n, "running", "done") for n in NODES]
     for node in NODES:
         assert "vent-network: network ready" in boot_log(cluster, node)
@@ -139,9 +139,10 @@ def test_containerd_runs_on_every_node(cluster):
 
 def test_what_the_lab_cannot_run_is_named_and_enabled_with_the_rendered_flags(cluster):
     lab = the_lab(cluster)
-    _, skipped = steps.status(lab)
+    _, skipped, ran = steps.status(lab)
     assert {"kubelet", "kube-apiserver", "flanneld", "runsc"} <= skipped.keys()
-    assert not {"etcd", "containerd", "runc", "cni-plugins"} & skipped.keys()
+    assert set(ran) == {"etcd", "containerd", "runc", "cni-plugins"}
+    assert ran["etcd"].startswith("Debian package etcd-server 3.4.")
     units = {"controller-0": ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "flanneld"],
              "worker-0": ["kubelet", "kube-proxy", "flanneld"]}
     for node, names in units.items():
@@ -190,7 +191,7 @@ def test_a_tampered_binary_is_never_installed(cluster):
     assert f"download: kubelet from {plan.MIRROR_URL}kubelet-" in log and "does not match its pinned digest" in log
     for binary in ("/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/usr/local/sbin/runc"):
         assert run(cluster, "worker-0", "test", "-e", binary).returncode == 1, f"{binary} was installed"
-    rows, _ = steps.status(the_lab(cluster))
+    rows, _, _ = steps.status(the_lab(cluster))
     assert [r["boot log"] for r in rows if r["node"] == "worker-0"] == [
         "FAILED: download: kubelet could not be verified; nothing was installed"]
 

@@ -272,8 +272,10 @@ def lab_up(nodes, cluster_file, out, state, timeout):
 
 
 def _lab_report(steps, the_lab):
-    rows, skipped = steps.status(the_lab)
+    rows, skipped, ran = steps.status(the_lab)
     click.echo(launch.format_table(rows))
+    for component, source in ran.items():
+        click.echo(f"exercised: {component}: {source}")
     for component, reason in skipped.items():
         click.echo(f"not exercised: {component}: {reason}")
 

@@ -188,8 +188,9 @@ def _last(text: str, marker: str) -> str:
 
 # --- status ---------------------------------------------------------------------------------------
 
-def status(lab: Lab) -> tuple[list[dict], dict[str, str]]:
-    """(a row per node, component -> why the lab does not exercise it)."""
+def status(lab: Lab) -> tuple[list[dict], dict[str, str], dict[str, str]]:
+    """(a row per node, component -> why the lab does not exercise it, component -> where the
+    binary it runs comes from)."""
     rows = []
     for node in lab.nodes:
         d = lab.dir(node)
@@ -200,7 +201,11 @@ def status(lab: Lab) -> tuple[list[dict], dict[str, str]]:
         boot = f"FAILED: {_last(log, 'FAILED:')}" if "FAILED:" in log else (log.strip().splitlines() or ["-"])[-1].split(" ", 1)[-1]
         rows.append({"node": node.name, "role": node.role, "state": "running" if d.pid else "stopped",
                      "reserved": node.reserved, "cloud-init": cloud_init, "boot log": boot})
-    return rows, mirror.not_exercised(lab.cluster.lock[lab.cluster.versions.kubernetes], lab.cluster.arch)
+    components, arch = lab.cluster.lock[lab.cluster.versions.kubernetes], lab.cluster.arch
+    skipped = mirror.not_exercised(components, arch)
+    used = {d.name for role in ("controller", "worker") for d in binaries.downloads(lab.cluster, role)}
+    ran = {name: components[name][arch].get("source", components[name][arch]["url"]) for name in sorted(used - skipped.keys())}
+    return rows, skipped, ran
 
 
 # --- down and exec ---------------------------------------------------------------------------------
