@@ -11,6 +11,7 @@ minutes, so what this measures is vent-bake's own orchestration.
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,10 +19,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path.insert(0, str(TESTS))
 
 from fakemetal import DOCUMENT, FakeMetal, Metal, make_tls  # noqa: E402
-from tools import serve  # noqa: E402
 
 from vent_bake import example  # noqa: E402
 from vent_bake.cli import main as vent  # noqa: E402
@@ -52,10 +53,12 @@ def bench(base: Path, nodes: int, latency: float, concurrency: int) -> tuple[flo
     work.mkdir()
     metal = Metal(TOKEN, PROJECT, provision_after=0.5, active_after=1.0)
     (work / "artifacts").mkdir()
-    with FakeMetal(metal, base / "server.crt", base / "server.key") as server:
+    # The operator's web server, where launch checks that the artifacts are published: a
+    # process of its own, as a real one is.
+    web = subprocess.Popen([sys.executable, str(TESTS / "tools.py"), str(work / "artifacts")], stdout=subprocess.PIPE, text=True)
+    with web, FakeMetal(metal, base / "server.crt", base / "server.key") as server:
         os.environ.update(METAL_API_URL=server.url, METAL_AUTH_TOKEN=TOKEN, REQUESTS_CA_BUNDLE=str(base / "ca.crt"))
-        published = next(serve(work / "artifacts"))  # a daemon thread; it ends with the benchmark
-        cluster = cluster_file(work, nodes, published)
+        cluster = cluster_file(work, nodes, web.stdout.readline().strip())
         cli("reserve", "-c", cluster)
         cli("render", "-c", cluster)
         metal.calls.clear()
@@ -63,6 +66,7 @@ def bench(base: Path, nodes: int, latency: float, concurrency: int) -> tuple[flo
         start = time.perf_counter()
         cli("launch", "-c", cluster, "--yes", "--concurrency", concurrency, "--poll", "0.25")
         wall = time.perf_counter() - start
+        web.terminate()
         if metal.violations:
             sys.exit(f"the fake saw requests outside the API document: {metal.violations[:3]}")
         return wall, dict(metal.calls)

@@ -40,3 +40,13 @@ def serve(directory: Path):
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+if __name__ == "__main__":
+    # `python tests/tools.py DIR`: serve DIR from a process of its own, as a web server would
+    # (benchmarks keep it out of the measured process); prints the URL, serves until killed.
+    import sys
+
+    for url in serve(Path(sys.argv[1])):
+        print(url, flush=True)
+        threading.Event().wait()

@@ -89,13 +89,22 @@ class Options:
 
 
 def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: bytes, provider: Provider) -> dict[str, str]:
-    """Refuse, naming the command to run, unless the reviewed artifacts are exactly what boots."""
-    held = {r.address for r in provider.reservations() if cluster_tag(cluster.name) in r.tags}
+    """Refuse, naming the command to run, unless every node's address is reserved and the
+    reviewed artifacts are exactly what boots and what is published. The provider and the
+    web server are asked at the same time; the reservations are reported on first."""
+    with ThreadPoolExecutor(1) as pool:
+        reservations = pool.submit(provider.reservations)
+        try:
+            tree, problem = bake.reviewed(paths, text, cluster, state), None
+            check_published(cluster, tree)
+        except VentError as exc:
+            problem = exc
+        held = {r.address for r in reservations.result() if cluster_tag(cluster.name) in r.tags}
     for name, address in render.node_addresses(cluster, state).items():
         if address is None or address not in held:
             raise VentError(f"node {name} has no address reserved in the project: run `vent-bake reserve`, then `vent-bake render`")
-    tree = bake.reviewed(paths, text, cluster, state)
-    check_published(cluster, tree)
+    if problem:
+        raise problem
     return bake.revealed_all(tree, cluster, state)
 
 
