@@ -133,11 +133,11 @@ def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: fl
     check_host()
     check_bundle(lab)
     userdata = bake.revealed_all(bake.reviewed(lab.paths, lab.text, lab.cluster, lab.state), lab.cluster, lab.state)
+    targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
     golden = image.golden(base() / "cache", say)
     lab.work.mkdir(parents=True, exist_ok=True)
     network.create(lab.name)
     start_service(lab)
-    targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
     for node in targets:
         network.prepare(node)
         _publish_metadata(lab, node, assigned=False)
