@@ -89,8 +89,8 @@ def files(ctx, node: Node) -> dict[str, File]:
     rows = entries(values["role"], values["first_controller"])
     values["units"] = units(rows)
     values["downloads"] = ctx.downloads(values["role"])
-    out = {path: File(ctx.render(template, values), mode) for template, path, mode in rows}
-    for path in INLINE & out.keys():
-        if out[path].content.startswith(("#!", "# shellcheck")):
-            out[path] = File(templates.without_comments(out[path].content), out[path].mode)
+    out = {}
+    for template, path, mode in rows:
+        content = ctx.render(template, values)
+        out[path] = File(templates.without_comments(content) if path in INLINE and template.endswith(".sh") else content, mode)
     return out

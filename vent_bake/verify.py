@@ -298,7 +298,7 @@ def check_fetch(b: Bundle):
         files = {path: data.encode() for path, data in b.node_files(node.name).items()}
         fetched = {}
         for line in listed.decode(errors="replace").splitlines():
-            digest, mode, path = (line.split(" ", 2) + ["", ""])[:3]
+            digest, _mode, path = (line.split(" ", 2) + ["", ""])[:3]
             fetched[path] = digest
             if path not in files:
                 yield Finding("fetch", f"{here}/fetch.list", f"lists {path}, which is not in files/")
