@@ -196,6 +196,15 @@ def test_a_tampered_binary_is_never_installed(cluster):
         "FAILED: download: kubelet could not be verified; nothing was installed"]
 
 
+def test_a_second_lab_of_the_same_name_is_refused(cluster, tmp_path):
+    other = tmp_path / "other"
+    assert cli("lab", "init", other).exit_code == 0 and cli("render", "-c", other / "cluster.yaml").exit_code == 0
+    result = cli("lab", "up", "-c", other / "cluster.yaml")
+    assert result.exit_code == 1
+    assert f"is up for another cluster's artifacts ({cluster.parent / 'artifacts'})" in result.stderr
+    assert [r["state"] for r in steps.status(the_lab(cluster))[0]] == ["running"] * 4
+
+
 def test_down_leaves_nothing_behind(cluster):
     lab = the_lab(cluster)
     assert cli("lab", "down", "-c", cluster).exit_code == 0

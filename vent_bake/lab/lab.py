@@ -16,7 +16,6 @@ image in cache/, each lab in a directory named after it.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -105,7 +104,12 @@ def _service_running(lab: Lab) -> bool:
 
 def start_service(lab: Lab) -> None:
     if _service_running(lab):
+        serving = json.loads((lab.work / "service.json").read_text())["artifacts"]
+        if serving != str(lab.paths.out):
+            raise VentError(f"lab: {lab.name} is up for another cluster's artifacts ({serving}); take that lab down"
+                            " first, or give this cluster another name")
         return
+    network.stop_processes(lab.name)  # a service the lab lost track of would hold the address
     (lab.work / "metadata").mkdir(parents=True, exist_ok=True)
     (lab.work / "service.ready").unlink(missing_ok=True)
     addresses = {a: n.name for n in lab.nodes for a in (n.public, n.private, n.reserved)}
@@ -218,9 +222,6 @@ def down(lab: Lab, names: tuple[str, ...], say: Callable[[str], None]) -> None:
         say(f"{node.name}: stopped and discarded")
     if names:
         return
-    ready = lab.work / "service.ready"
-    if _service_running(lab):
-        os.kill(int(ready.read_text()), signal.SIGTERM)
     network.destroy(lab.name)
     shutil.rmtree(lab.work, ignore_errors=True)
     nodes.remove_empty_cgroup_roots()

@@ -5,6 +5,8 @@ bridge. The provider's namespace has no other interface, so the nodes reach each
 the lab's service, and nothing else; the host forwards nothing.
 """
 
+import os
+import signal
 import subprocess
 import time
 
@@ -69,6 +71,18 @@ def unassign(node: LabNode) -> None:
         ip("-n", node.lab, "route", "del", f"{node.reserved}/32", check=False)
 
 
+def stop_processes(lab: str) -> None:
+    """Kill whatever runs in the lab's namespace (its service), even if the lab lost track of it."""
+    if not exists(lab):
+        return
+    for pid in ip("netns", "pids", lab).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 def destroy(lab: str) -> None:
+    stop_processes(lab)
     if exists(lab):
         ip("netns", "del", lab)
