@@ -1,10 +1,13 @@
 """`vent-bake lab init` and the lab's plan, without booting anything: the lab's cluster file
-renders as it is, its lock pins exactly the files its mirror serves, and a bundle the closed
-lab could not boot is refused with the field to change."""
+renders as it is, its lock pins exactly the files its mirror serves, the official binaries
+fill the mirror only once verified, and a bundle the closed lab could not boot is refused
+with the field to change."""
 
+import copy
 import hashlib
 import ipaddress
 import subprocess
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -14,7 +17,8 @@ from tools import need
 from vent_bake import bake, binaries, config, lock
 from vent_bake.errors import VentError
 from vent_bake.lab import lab as steps
-from vent_bake.lab import mirror, plan
+from vent_bake.lab import mirror as lab_mirror
+from vent_bake.lab import plan
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +33,13 @@ def lab_dir(tmp_path_factory):
 def test_the_lab_lock_pins_what_the_mirror_serves(lab_dir):
     cluster = config.load(lab_dir / "cluster.yaml")
     components = cluster.lock[cluster.versions.kubernetes]
-    served = {p.name: p.read_bytes() for p in (lab_dir / mirror.MIRROR_DIR).iterdir()}
+    served = {p.name: p.read_bytes() for p in (lab_dir / lab_mirror.MIRROR_DIR).iterdir()}
     for role in ("controller", "worker"):
         for download in binaries.downloads(cluster, role):
             name = download.url.removeprefix(plan.MIRROR_URL)
             assert download.algorithm == "sha256" and hashlib.sha256(served[name]).hexdigest() == download.digest, name
     assert components["etcd"][cluster.arch]["source"].startswith("Debian package etcd-server ")
-    assert set(mirror.not_exercised(components, cluster.arch)) == set(mirror.STAND_INS)
+    assert set(lab_mirror.not_exercised(components, cluster.arch)) == set(lab_mirror.STAND_INS)
 
 
 def test_lab_init_is_reproducible_and_refuses_to_overwrite(lab_dir, tmp_path):
@@ -97,3 +101,38 @@ def test_the_network_config_is_one_cloud_init_reads(tmp_path):
     out = subprocess.run(["/usr/bin/python3", "-c", code, str(tmp_path / "network.yaml")], capture_output=True, text=True, check=True).stdout
     assert f"iface bond0 inet static\n    address {node.public}/31\n    gateway {node.public_gateway}" in out
     assert f"iface bond0 inet static\n    address {node.private}/31\n    post-up route add -net 10.0.0.0/8 gw {node.private_gateway}" in out
+
+
+def test_the_official_binaries_fill_the_mirror_only_once_verified(tmp_path, mirror):
+    """`lab init --official` keeps the official lock; `lab up` fills the lab's mirror from the
+    official hosts (here a local server laid out as them, with a lock pinning what it serves)."""
+    www, origin = mirror
+    directory = tmp_path / "lab"
+    assert cli("lab", "init", "--official", directory).exit_code == 0
+    version = lock.newest(lock.packaged())
+    project = copy.deepcopy({version: lock.packaged()[version]})
+    for name, entry in project[version].items():
+        for arch in lock.ARCHES if name != "images" else ():
+            data, url = f"{name}-{arch}".encode(), urlsplit(entry[arch]["url"])
+            entry[arch] = {"url": url.geturl(), "sha256": hashlib.sha256(data).hexdigest()}
+            (www / url.netloc / url.path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (www / url.netloc / url.path.lstrip("/")).write_bytes(data)
+    (directory / lock.PROJECT_LOCK).write_text(yaml.safe_dump(project))
+    cluster = config.load(directory / "cluster.yaml")
+    served = directory / lab_mirror.MIRROR_DIR
+    said = []
+    lab_mirror.fill(cluster, served, origin, said.append)
+    downloads = {d.url: d for role in ("controller", "worker") for d in binaries.downloads(cluster, role)}.values()
+    assert sorted(said) == sorted(f"mirror: fetching {d.name} from {origin}/{d.url.removeprefix(plan.MIRROR_URL)}" for d in downloads)
+    assert any("kubernetes-server from" in line and "/dl.k8s.io/" in line for line in said)
+    for d in downloads:
+        assert hashlib.sha256((served / d.url.removeprefix(plan.MIRROR_URL)).read_bytes()).hexdigest() == d.digest
+    said.clear()
+    lab_mirror.fill(cluster, served, origin, said.append)
+    assert said == [], "what the mirror holds is not fetched again"
+    kubelet = next(d for d in downloads if d.name == "kubelet")
+    (served / kubelet.url.removeprefix(plan.MIRROR_URL)).unlink()
+    (www / kubelet.url.removeprefix(plan.MIRROR_URL)).write_bytes(b"tampered")
+    with pytest.raises(VentError, match=r"dl.k8s.io/v1.32.8/bin/linux/amd64/kubelet does not match the lock's sha256 for kubelet; nothing was kept"):
+        lab_mirror.fill(cluster, served, origin, said.append)
+    assert not list(served.rglob("kubelet*"))

@@ -243,11 +243,12 @@ def lab():
 
 @lab.command("init")
 @example_options(workers=1, name="lab")
-def lab_init(directory: Path, controllers: int, workers: int, name: str, force: bool):
+@click.option("--official", is_flag=True, help="Keep the official binaries (`lab up` fetches them; needs internet).")
+def lab_init(directory: Path, controllers: int, workers: int, name: str, force: bool, official: bool):
     """Write a cluster file for the lab, and a lab lock and mirror of what this machine can serve."""
     from vent_bake.lab import mirror
 
-    for path in mirror.init(directory, _example(directory, controllers, workers, name, force)):
+    for path in mirror.init(directory, _example(directory, controllers, workers, name, force), official):
         click.echo(f"wrote {path}")
     click.echo(f"now run `vent-bake render -c {directory / 'cluster.yaml'}`, then `vent-bake lab up -c {directory / 'cluster.yaml'}`")
 
@@ -264,10 +265,11 @@ def _lab(cluster_file: Path, out: Path | None, state: Path | None):
 @out_option
 @state_option
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True, help="Seconds to wait for cloud-init.")
-def lab_up(nodes, cluster_file, out, state, timeout):
+@click.option("--from", "source", help="Fill the lab's mirror from this mirror of the official hosts (<URL>/<host>/<path>).")
+def lab_up(nodes, cluster_file, out, state, timeout, source):
     """Boot every node that is not running (or fresh NODES) and wait until cloud-init is done."""
     steps, the_lab = _lab(cluster_file, out, state)
-    steps.up(the_lab, nodes, click.echo, timeout)
+    steps.up(the_lab, nodes, click.echo, timeout, source)
     _lab_report(steps, the_lab)
 
 

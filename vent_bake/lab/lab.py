@@ -1,6 +1,7 @@
 """`vent-bake lab up|status|down|exec`: the lab's steps, in order.
 
-    up      check the host and the bundle, build (or reuse) the golden image, bring up the
+    up      check the host and the bundle, fill the mirror if the official binaries are
+            wanted, build (or reuse) the golden image, bring up the
             provider's namespace and service, then for each node: its namespace and bond0,
             a fresh overlay and seed, systemd-nspawn; assign each node's reserved address once
             its network unit waits for it; wait until cloud-init is done everywhere
@@ -133,9 +134,10 @@ def _publish_metadata(lab: Lab, node: LabNode, assigned: bool) -> None:
     tmp.replace(target)
 
 
-def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: float = 600) -> None:
+def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: float = 600, source: str | None = None) -> None:
     check_host()
     check_bundle(lab)
+    mirror.fill(lab.cluster, lab.paths.cluster.parent / mirror.MIRROR_DIR, source, say)
     userdata = bake.revealed_all(bake.reviewed(lab.paths, lab.text, lab.cluster, lab.state), lab.cluster, lab.state)
     targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
     golden = image.golden(base() / "cache", say)

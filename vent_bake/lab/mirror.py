@@ -1,12 +1,16 @@
-"""`vent-bake lab init`: a cluster file for the lab, and a lab lock of the binaries this
-machine can serve its nodes.
+"""The lab's mirror: what its service hands the nodes at /mirror/, from `lab-mirror/` beside
+the cluster file.
 
-No machine here reaches dl.k8s.io or github.com, so the lab serves what Debian's packages
-provide (etcd, containerd, runc, the CNI plugins), packed the way the official releases are
-and pinned by their own sha256 in a project lock beside the cluster file. Every other binary
-is a stand-in that says why it is not exercised and exits non-zero: its unit is still
-written, enabled and started with the rendered flags, and the lab's report names it. The
-boot script treats all of them like the official binaries: download, verify, install.
+Offline (`vent-bake lab init`), the lab serves what Debian's packages provide (etcd,
+containerd, runc, the CNI plugins), packed the way the official releases are and pinned by
+their own sha256 in a project lock beside the cluster file. Every other binary is a stand-in
+that says why it is not exercised and exits non-zero: its unit is still written, enabled and
+started with the rendered flags, and the lab's report names it.
+
+Online (`vent-bake lab init --official`), the cluster keeps the official lock and names the
+lab's service as its `mirror`; `lab up` fills the mirror from the official hosts on the host
+side, each file checked against the lock before it is kept. Either way the boot script treats
+what it gets like the official binaries: download, verify, install.
 """
 
 import gzip
@@ -16,9 +20,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import requests
 import yaml
 
-from vent_bake import lock
+from vent_bake import binaries, lock
+from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.lab import plan
 
@@ -102,19 +108,22 @@ def not_exercised(components: dict, arch: str) -> dict[str, str]:
             if name != "images" and entry.get(arch, {}).get("source", "").startswith(STAND_IN)}
 
 
-def init(directory: Path, text: str) -> list[Path]:
-    """Write the lab's cluster file (the example's text, pointed at the lab), its lab lock and
-    mirror; return what was written."""
+def init(directory: Path, text: str, official: bool) -> list[Path]:
+    """Write the lab's cluster file (the example's text, pointed at the lab) and, unless the
+    official binaries are wanted, its lab lock and mirror; return what was written."""
     target = directory / "cluster.yaml"
+    text = text.replace("https://files.example.com/vent/artifacts/  # replace with where you publish it", plan.ARTIFACTS_URL)
+    text = text.replace("https://metadata.platformequinix.com/metadata", plan.METADATA_URL)
+    mirror = directory / MIRROR_DIR
+    mirror.mkdir(parents=True, exist_ok=True)
+    if official:
+        target.write_text(text.replace("\npki:\n", f"\n# `vent-bake lab up` fills the lab's mirror from the official hosts.\nmirror: {plan.MIRROR_URL}\n\npki:\n", 1))
+        return [target, mirror]
     arch = _architecture()
     version = lock.newest(lock.packaged())
     components, files = build(arch)
     components["images"] = lock.packaged()[version]["images"]
     text = text.replace("arch: amd64", f"arch: {arch}")
-    text = text.replace("https://files.example.com/vent/artifacts/  # replace with where you publish it", plan.ARTIFACTS_URL)
-    text = text.replace("https://metadata.platformequinix.com/metadata", plan.METADATA_URL)
-    mirror = directory / MIRROR_DIR
-    mirror.mkdir(parents=True, exist_ok=True)
     for file_name, data in files.items():
         (mirror / file_name).write_bytes(data)
     header = ("# The lab's lock (`vent-bake lab init`): what this machine's Debian packages provide, and a\n"
@@ -122,3 +131,37 @@ def init(directory: Path, text: str) -> list[Path]:
     (directory / lock.PROJECT_LOCK).write_text(header + yaml.safe_dump({version: components}, sort_keys=False))
     target.write_text(text)
     return [target, directory / lock.PROJECT_LOCK, mirror]
+
+
+def fill(cluster: Cluster, directory: Path, source: str | None, say) -> None:
+    """Fetch into the lab's mirror, on the host, every binary the nodes will ask it for that it
+    does not hold yet: a mirrored official URL (<host>/<path>) from that host, or from
+    `source`, laid out the same way. Each is checked against the lock before it is kept (the
+    nodes check it again). What is already there is left alone: the nodes judge it."""
+    session = requests.Session()
+    for download in {d.url: d for role in ("controller", "worker") for d in binaries.downloads(cluster, role)}.values():
+        relative = download.url.removeprefix(plan.MIRROR_URL)
+        target = directory / relative
+        if target.exists():
+            continue
+        if "/" not in relative:
+            raise VentError(f"lab: {target} is missing; `vent-bake lab init --force` writes the lab's mirror again")
+        origin = binaries.mirrored(f"https://{relative}", source)
+        say(f"mirror: fetching {download.name} from {origin}")
+        digest = hashlib.new(download.algorithm)
+        partial = target.with_name(target.name + ".part")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with session.get(origin, stream=True, timeout=(10, 300)) as response, open(partial, "wb") as out:
+                response.raise_for_status()
+                for chunk in response.iter_content(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except (requests.RequestException, OSError) as exc:
+            partial.unlink(missing_ok=True)
+            raise VentError(f"lab: cannot fetch {origin} ({exc.__class__.__name__}); the official binaries need internet"
+                            " access, or use `vent-bake lab init` for a lab lock of this machine's packages") from None
+        if digest.hexdigest() != download.digest:
+            partial.unlink()
+            raise VentError(f"lab: {origin} does not match the lock's {download.algorithm} for {download.name}; nothing was kept")
+        partial.rename(target)
