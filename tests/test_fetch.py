@@ -15,27 +15,35 @@ from tools import need
 NODE = "worker-0"
 
 
+def run_fetch(scripts: Path, work: Path, root: Path, base: str, pin: str, attempts: int = 1) -> subprocess.CompletedProcess:
+    """The node's own fetch script (from `scripts`, lib.sh beside it), run as its runcmd runs it,
+    installing under root. A stub stands in for the boot script it hands over to: it leaves
+    work/state/handed-over. The log is work/fetch.log."""
+    bin_dir = work / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("fetch", "lib.sh"):
+        shutil.copy(scripts / name, bin_dir / name)
+    (bin_dir / "fetch").chmod(0o755)
+    (bin_dir / "boot").write_text('#!/bin/sh\ntouch "$VENT_STATE/handed-over"\n')
+    (bin_dir / "boot").chmod(0o755)
+    env = dict(os.environ, VENT_ROOT=str(root), VENT_STATE=str(work / "state"), VENT_LOG=str(work / "fetch.log"),
+               VENT_CONSOLE="/dev/null", VENT_ATTEMPTS=str(attempts), VENT_BACKOFF="0")
+    return subprocess.run([bin_dir / "fetch", base, pin], env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture
 def site(rendered, mirror, tmp_path):
-    """The rendered artifacts as published (a copy to tamper with), and the node's fetch
-    script beside a stub boot script: (published dir, runner)."""
+    """The rendered artifacts as published (a copy to tamper with), and a runner of the node's
+    fetch script: (published dir, runner)."""
     need("curl")
     www, url = mirror
     shutil.copytree(rendered / "artifacts", www, dirs_exist_ok=True)
     node = www / "nodes" / NODE
     _, _, pin = yaml.safe_load((node / "userdata").read_text())["runcmd"][0]
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("fetch", "lib.sh"):
-        shutil.copy(node / f"files/usr/local/lib/vent/{name}", bin_dir / name)
-    (bin_dir / "fetch").chmod(0o755)
-    (bin_dir / "boot").write_text('#!/bin/sh\ntouch "$VENT_STATE/handed-over"\n')
-    (bin_dir / "boot").chmod(0o755)
 
     def run(pin: str = pin) -> subprocess.CompletedProcess:
-        env = dict(os.environ, VENT_ROOT=str(tmp_path / "root"), VENT_STATE=str(tmp_path / "state"),
-                   VENT_LOG=str(tmp_path / "fetch.log"), VENT_CONSOLE="/dev/null", VENT_ATTEMPTS="2", VENT_BACKOFF="0")
-        return subprocess.run([bin_dir / "fetch", f"{url}/nodes/{NODE}/", pin], env=env, capture_output=True, text=True, timeout=120)
+        # The scripts come with the userdata, not from the server: the rendered copy, untouched.
+        return run_fetch(rendered / f"artifacts/nodes/{NODE}/files/usr/local/lib/vent", tmp_path, tmp_path / "root", f"{url}/nodes/{NODE}/", pin, attempts=2)
 
     return www, run
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import cli, render, write_cluster
+from test_fetch import run_fetch
 from tools import need
 from vent_bake import fsutil, secrets
 from vent_bake.userdata import BUDGET
@@ -50,18 +51,10 @@ def node_root(userdata: Path, root: Path, published: str) -> Path:
     runcmd says, for the rest, from the artifacts published at `published`. The fetch script
     hands over to the boot script; here a stub stands in for it."""
     write_files(userdata, root)
-    fetch, url, pin = yaml.safe_load(userdata.read_text())["runcmd"][0]
-    bin_dir = root.parent / f"{root.name}-fetch"
-    bin_dir.mkdir()
-    for name in ("fetch", "lib.sh"):
-        shutil.copy(root / f"usr/local/lib/vent/{name}", bin_dir / name)
-    (bin_dir / "boot").write_text('#!/bin/sh\ntouch "$VENT_STATE/handed-over"\n')
-    (bin_dir / "boot").chmod(0o755)
-    env = dict(os.environ, VENT_ROOT=str(root), VENT_STATE=str(bin_dir / "state"), VENT_LOG=str(bin_dir / "log"),
-               VENT_CONSOLE="/dev/null", VENT_ATTEMPTS="1")
-    base = f"{published}/{url[url.index('nodes/'):]}"
-    proc = subprocess.run([bin_dir / "fetch", base, pin], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0 and (bin_dir / "state/handed-over").exists(), proc.stderr
+    _, url, pin = yaml.safe_load(userdata.read_text())["runcmd"][0]
+    work = root.parent / f"{root.name}-fetch"
+    proc = run_fetch(root / "usr/local/lib/vent", work, root, f"{published}/{url[url.index('nodes/'):]}", pin)
+    assert proc.returncode == 0 and (work / "state/handed-over").exists(), proc.stderr
     return root
 
 

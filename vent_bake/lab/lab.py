@@ -137,9 +137,9 @@ def _publish_metadata(lab: Lab, node: LabNode, assigned: bool) -> None:
 def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: float = 600, source: str | None = None) -> None:
     check_host()
     check_bundle(lab)
-    mirror.fill(lab.cluster, lab.paths.cluster.parent / mirror.MIRROR_DIR, source, say)
     userdata = bake.revealed_all(bake.reviewed(lab.paths, lab.text, lab.cluster, lab.state), lab.cluster, lab.state)
     targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
+    mirror.fill(lab.cluster, lab.paths.cluster.parent / mirror.MIRROR_DIR, source, say)
     golden = image.golden(base() / "cache", say)
     lab.work.mkdir(parents=True, exist_ok=True)
     network.create(lab.name)
@@ -169,9 +169,9 @@ def settle(lab: Lab, targets: list[LabNode], say: Callable[[str], None], timeout
                 _publish_metadata(lab, node, assigned=True)
                 assigned.add(name)
                 say(f"{name}: reserved address {node.reserved} assigned")
-            result = _read(d.file(CLOUD_INIT_RESULT))
-            failed = "FAILED:" in log or (result and json.loads(result)["v1"]["errors"])
-            if result and ("vent-network: network ready" in log or failed):
+            cloud_init = _cloud_init(d)
+            failed = "FAILED:" in log or cloud_init == "failed"
+            if cloud_init != "running" and ("vent-network: network ready" in log or failed):
                 say(f"{name}: cloud-init done" + (f"; the boot failed: {_last(log, 'FAILED:')}" if failed else ""))
                 del pending[name]
             elif d.pid is None:
@@ -179,6 +179,12 @@ def settle(lab: Lab, targets: list[LabNode], say: Callable[[str], None], timeout
         if pending and time.monotonic() > deadline:
             raise VentError(f"lab: {', '.join(sorted(pending))} not done after {timeout:.0f} s; see `vent-bake lab status`")
         time.sleep(0.5)
+
+
+def _cloud_init(d: NodeDir) -> str:
+    """running (no result yet), done, or failed (it reported errors), from its result file."""
+    result = _read(d.file(CLOUD_INIT_RESULT))
+    return "running" if not result else "failed" if json.loads(result)["v1"]["errors"] else "done"
 
 
 def _read(path: Path) -> str:
@@ -201,12 +207,10 @@ def status(lab: Lab) -> tuple[list[dict], dict[str, str], dict[str, str]]:
     for node in lab.nodes:
         d = lab.dir(node)
         log = _read(d.file(BOOT_LOG))
-        result = _read(d.file(CLOUD_INIT_RESULT))
-        cloud_init = "running" if d.pid and not result else "done" if result and not json.loads(result)["v1"]["errors"] else (
-            "failed" if result else "-")
         boot = f"FAILED: {_last(log, 'FAILED:')}" if "FAILED:" in log else (log.strip().splitlines() or ["-"])[-1].split(" ", 1)[-1]
-        rows.append({"node": node.name, "role": node.role, "state": "running" if d.pid else "stopped",
-                     "reserved": node.reserved, "cloud-init": cloud_init, "boot log": boot})
+        cloud_init = _cloud_init(d)
+        rows.append({"node": node.name, "role": node.role, "state": "running" if d.pid else "stopped", "reserved": node.reserved,
+                     "cloud-init": "-" if cloud_init == "running" and not d.pid else cloud_init, "boot log": boot})
     components, arch = lab.cluster.lock[lab.cluster.versions.kubernetes], lab.cluster.arch
     skipped = mirror.not_exercised(components, arch)
     used = {d.name for role in ("controller", "worker") for d in binaries.downloads(lab.cluster, role)}

@@ -16,11 +16,16 @@ from vent_bake.lab.plan import SERVICE_IP, LabNode
 BRIDGE = "lab0"
 
 
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+def run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A host command of the lab's; a failure is an error that quotes it."""
+    proc = subprocess.run(command, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise VentError(f"lab: `ip {' '.join(args)}` failed: {proc.stderr.strip()}")
+        raise VentError(f"lab: `{' '.join(command)}` failed: {proc.stderr.strip()}")
     return proc
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run("ip", *args, check=check)
 
 
 def namespaces() -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from vent_bake.errors import VentError
+from vent_bake.lab.network import run
 from vent_bake.lab.plan import LabNode
 
 CGROUP_TREES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
@@ -75,7 +76,7 @@ def boot(d: NodeDir, golden: Path, userdata: str, network: dict) -> None:
     discard(d)
     for path in (d.upper, d.work, d.root):
         path.mkdir(parents=True)
-    _run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={golden},upperdir={d.upper},workdir={d.work}", str(d.root))
+    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={golden},upperdir={d.upper},workdir={d.work}", str(d.root))
     _seed(d, userdata, network)
     cgroups = _cgroups(d.node)
     for cgroup in cgroups:
@@ -115,7 +116,7 @@ def discard(d: NodeDir) -> None:
     """Stop the node and throw its disk away, as a reclaimed device's is."""
     stop(d)
     if d.root.is_mount():
-        _run("umount", str(d.root))
+        run("umount", str(d.root))
     shutil.rmtree(d.base, ignore_errors=True)
     shutil.rmtree(f"/run/systemd/nspawn/propagate/{d.node.machine}", ignore_errors=True)
 
@@ -168,9 +169,3 @@ def remove_empty_cgroup_roots() -> None:
             (tree / "vent-lab").rmdir()
         except OSError:
             pass
-
-
-def _run(*command: str) -> None:
-    proc = subprocess.run(command, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise VentError(f"lab: `{' '.join(command)}` failed: {proc.stderr.strip()}")
