@@ -36,6 +36,8 @@ def cluster(tmp_path_factory):
         result = cli(*command)
         assert result.exit_code == 0, result.output
     path = directory / "cluster.yaml"
+    # A run killed midway leaves its lab up under the same name: start from a clean slate.
+    assert cli("lab", "down", "-c", path).exit_code == 0
     try:
         result = cli("lab", "up", "-c", path, "--timeout", "600")
         assert result.exit_code == 0, result.output
@@ -207,7 +209,14 @@ def test_a_second_lab_of_the_same_name_is_refused(cluster, tmp_path):
 
 def test_down_leaves_nothing_behind(cluster):
     lab = the_lab(cluster)
-    assert cli("lab", "down", "-c", cluster).exit_code == 0
+    # A node an earlier run left up that this cluster file does not name: down stops it too.
+    stray = nodes.NodeDir(lab.work, plan.stray(lab.name, "gone-7"))
+    stray.base.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    stray.pid_file.write_text(str(sleeper.pid))
+    result = cli("lab", "down", "-c", cluster)
+    assert result.exit_code == 0 and "gone-7: stopped and discarded (no longer in the cluster file)" in result.output
+    assert sleeper.wait(timeout=30) is not None
     assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
                 if ns.startswith(lab.name)]
     assert str(lab.work) not in Path("/proc/self/mountinfo").read_text()

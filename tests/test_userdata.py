@@ -232,10 +232,10 @@ def test_units_enabled_by_the_boot_script_exist(rendered):
 # --- manifests and scripts --------------------------------------------------------------------
 
 def test_manifests_validate_strictly(rendered):
-    need("kubernetes-validate")
+    (validate,) = need("kubernetes-validate")
     addons = sorted((rendered / "artifacts/nodes/controller-0/files/etc/vent/addons").glob("*.yaml"))
     assert [p.name for p in addons] == ["apiserver-to-kubelet.yaml", "coredns.yaml", "flannel.yaml", "runtimeclass-gvisor.yaml"]
-    proc = subprocess.run(["kubernetes-validate", "--strict", "-k", "1.32.0", *map(str, addons)], capture_output=True, text=True)
+    proc = subprocess.run([validate, "--strict", "-k", "1.32.0", *map(str, addons)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("passed") == 11
 

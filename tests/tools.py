@@ -6,16 +6,31 @@ import functools
 import http.server
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+# Where the running interpreter's packages put their commands (a venv's bin/): `make test`
+# installs the test extra's tools there, and that directory need not be on PATH.
+SCRIPTS = Path(sys.executable).parent
 
-def need(*tools: str) -> None:
-    missing = [t for t in tools if not shutil.which(t) and not os.path.exists(t)]
+
+def find(tool: str) -> str | None:
+    """A tool's path: as given if it is a path, else beside the interpreter, else on PATH."""
+    if "/" in tool:
+        return tool if os.path.exists(tool) else None
+    beside = SCRIPTS / tool
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which(tool)
+
+
+def need(*tools: str) -> list[str]:
+    """The tools' paths; a test that lacks one skips, or fails under CI."""
+    found = [find(t) for t in tools]
+    missing = [t for t, path in zip(tools, found) if path is None]
     if not missing:
-        return
+        return found
     message = f"not installed: {', '.join(missing)} (`make test` installs them)"
     if os.environ.get("CI"):
         pytest.fail(message)

@@ -221,6 +221,8 @@ def status(lab: Lab) -> tuple[list[dict], dict[str, str], dict[str, str]]:
 # --- down and exec ---------------------------------------------------------------------------------
 
 def down(lab: Lab, names: tuple[str, ...], say: Callable[[str], None]) -> None:
+    """Stop and discard the named nodes; with no names, the whole lab, including any node its
+    records hold that the cluster file no longer names (a lab left up by a killed run)."""
     check_host()
     for node in lab.pick(names):
         nodes.discard(lab.dir(node))
@@ -228,6 +230,12 @@ def down(lab: Lab, names: tuple[str, ...], say: Callable[[str], None]) -> None:
         say(f"{node.name}: stopped and discarded")
     if names:
         return
+    known = {n.name for n in lab.nodes}
+    recorded = lab.work / "nodes"
+    for name in sorted(p.name for p in recorded.iterdir()) if recorded.is_dir() else ():
+        if name not in known:
+            nodes.discard(NodeDir(lab.work, plan.stray(lab.name, name)))
+            say(f"{name}: stopped and discarded (no longer in the cluster file)")
     network.destroy(lab.name)
     shutil.rmtree(lab.work, ignore_errors=True)
     nodes.remove_empty_cgroup_roots()

@@ -45,6 +45,12 @@ class LabNode:
         return f"port{self.index}"
 
 
+def stray(lab: str, node: str) -> LabNode:
+    """A node the lab's records hold but its cluster file does not name: only its names are
+    known, which is all it takes to stop and discard it."""
+    return LabNode(lab, node, "unknown", -1, "", "", "", "", "")
+
+
 def name(cluster: Cluster) -> str:
     """The lab's own namespace, and the prefix of its nodes' namespaces and machines."""
     return f"vent-lab-{cluster.name}"[:48]
