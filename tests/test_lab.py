@@ -17,7 +17,7 @@ import pytest
 
 from conftest import cli
 from tools import need
-from vent_bake import bake
+from vent_bake import workspace
 from vent_bake.lab import lab as steps
 from vent_bake.lab import mirror, nodes, plan
 
@@ -49,7 +49,7 @@ def cluster(tmp_path_factory):
 
 
 def the_lab(cluster: Path) -> steps.Lab:
-    return steps.Lab.load(bake.Paths.resolve(cluster, None, None))
+    return steps.Lab.load(workspace.Paths.resolve(cluster, None, None), print)
 
 
 def run(cluster: Path, node: str, *command: str) -> subprocess.CompletedProcess:

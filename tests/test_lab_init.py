@@ -14,7 +14,7 @@ import yaml
 
 from conftest import cli, render, write_cluster
 from tools import need
-from vent_bake import bake, binaries, config, lock
+from vent_bake import binaries, config, lock, workspace
 from vent_bake.errors import VentError
 from vent_bake.lab import lab as steps
 from vent_bake.lab import mirror as lab_mirror
@@ -52,7 +52,7 @@ def test_lab_init_is_reproducible_and_refuses_to_overwrite(lab_dir, tmp_path):
 
 def test_the_lab_cluster_renders_and_fits_the_closed_lab(lab_dir):
     render(lab_dir / "cluster.yaml")
-    lab = steps.Lab.load(bake.Paths.resolve(lab_dir / "cluster.yaml", None, None))
+    lab = steps.Lab.load(workspace.Paths.resolve(lab_dir / "cluster.yaml", None, None), print)
     steps.check_bundle(lab)
     assert [n.name for n in lab.nodes] == ["controller-0", "controller-1", "controller-2", "worker-0"]
 
@@ -60,13 +60,13 @@ def test_the_lab_cluster_renders_and_fits_the_closed_lab(lab_dir):
 def test_a_bundle_that_reaches_outside_is_refused(tmp_path):
     cluster = write_cluster(tmp_path)
     render(cluster)
-    lab = steps.Lab.load(bake.Paths.resolve(cluster, None, None))
+    lab = steps.Lab.load(workspace.Paths.resolve(cluster, None, None), print)
     with pytest.raises(VentError, match=r"boot.artifacts_url: is https://files.example.com/vent/artifacts/; the lab serves it at"
                                         r" http://169.254.169.254/artifacts/ \(`vent-bake lab init` writes a cluster file for the lab\)"):
         steps.check_bundle(lab)
     text = cluster.read_text().replace("https://files.example.com/vent/artifacts/", plan.ARTIFACTS_URL)
     cluster.write_text(text.replace("https://metadata.platformequinix.com/metadata", plan.METADATA_URL))
-    lab = steps.Lab.load(bake.Paths.resolve(cluster, None, None))
+    lab = steps.Lab.load(workspace.Paths.resolve(cluster, None, None), print)
     with pytest.raises(VentError, match=r"kubernetes-server comes from https://dl.k8s.io/.*which the closed lab cannot reach"):
         steps.check_bundle(lab)
 

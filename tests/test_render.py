@@ -5,12 +5,13 @@ import gzip
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from conftest import cli, render
+from conftest import cli, render, write_cluster
 from vent_bake import fsutil
 from vent_bake.state import State
 
@@ -50,7 +51,7 @@ def test_adding_a_worker_adds_only_its_files(fresh):
     assert "issued: nodes/worker-2\n" in result.stdout
     changed = diff(before_a, tree(fresh / "artifacts"))
     assert changed and {p for p in changed if not p.startswith("nodes/worker-2/")} == {"pki/nodes/worker-2.crt", "MANIFEST"}
-    assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key", "artifacts.cache"}
+    assert diff(before_s, tree(fresh / ".vent")) == {"pki/nodes/worker-2.crt", "pki/nodes/worker-2.key", "index.sha256", "artifacts.cache"}
 
 
 def test_moving_a_controller_reissues_exactly_what_names_it(fresh):
@@ -70,10 +71,17 @@ def test_removing_a_worker_drops_its_credentials(fresh):
     assert not (fresh / ".vent/pki/nodes/worker-1.key").exists()
 
 
-def test_changing_the_key_algorithm_reissues_everything(fresh):
+def test_changing_the_key_algorithm_replaces_the_cas_only_when_told(fresh):
     cluster = fresh / "cluster.yaml"
+    state = tree(fresh / ".vent")
     cluster.write_text(cluster.read_text().replace("ecdsa-p256", "rsa-2048"))
-    result = render(cluster)
+    refused = cli("render", "-c", cluster)
+    assert refused.exit_code == 1 and tree(fresh / ".vent") == state
+    assert refused.stderr == (f"error: {fresh / '.vent/pki/ca.crt'}: the cluster file asks for another CA (its key is not rsa-2048);"
+                              " `vent-bake render --reissue ca` replaces it and every certificate it signed (nodes booted with it"
+                              " must boot again)\n")
+    result = cli("render", "-c", cluster, "--reissue", "ca", "--reissue", "etcd-ca", "--reissue", "service-accounts")
+    assert result.exit_code == 0, result.output
     assert "issued: 22 (ca, etcd-ca," in result.stdout  # 21 certificates and the service-account key
 
 
@@ -214,3 +222,15 @@ def test_an_edit_in_the_same_clock_tick_as_the_render_is_still_seen(fresh):
     os.utime(cache, ns=(mtime, mtime))  # ...in the very clock tick the cache was written
     result = render(fresh / "cluster.yaml")
     assert "artifacts written" in result.stdout and path.read_text() == original
+
+
+def test_node_env_is_read_by_bash_as_written(tmp_path):
+    """Every value in node.env is one shell word: sourcing it runs nothing, whatever a URL holds."""
+    url = "https://m.example/meta;touch%20pwned&x=|(y)<z>"
+    cluster = write_cluster(tmp_path, controllers=1, workers=0, **{"https://metadata.platformequinix.com/metadata": url})
+    render(cluster)
+    env = tmp_path / "artifacts/nodes/controller-0/files/etc/vent/node.env"
+    out = subprocess.run(["bash", "-c", f'set -eu; . "{env}"; printf "%s\\n" "$METADATA_URL" "$NODE_NAME" "$CONTROLLERS"'],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert out == f"{url}\ncontroller-0\ncontroller-0=198.18.0.10\n"
+    assert not (tmp_path / "pwned").exists()

@@ -4,6 +4,7 @@ kubernetes-validate, bash -n and shellcheck."""
 
 import base64
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -169,14 +170,43 @@ def test_long_names_stay_within_budget(tmp_path):
         assert size <= BUDGET[role], (node, size)
 
 
-def test_stale_marker_refuses_to_reveal(fresh):
-    path = fresh / "artifacts/nodes/worker-0/userdata"
-    text = path.read_text()
-    marker = secrets.markers(text)[0]
-    path.write_text(text.replace(marker["digest"], "0" * 64))
+def _tamper(root: Path, path: str, change, *, relist: bool) -> None:
+    """Change an artifact; with relist, also its line in MANIFEST (which is not signed)."""
+    target = root / "artifacts" / path
+    before = target.read_bytes()
+    target.write_bytes(change(before))
+    if relist:
+        listing = root / "artifacts/MANIFEST"
+        old, new = hashlib.sha256(before).hexdigest(), hashlib.sha256(target.read_bytes()).hexdigest()
+        listing.write_text(listing.read_text().replace(f"{old}  {path}\n", f"{new}  {path}\n"))
+
+
+def test_reveal_refuses_a_userdata_changed_since_it_was_rendered(fresh):
+    _tamper(fresh, "nodes/worker-0/userdata", lambda b: b.replace(b"hostname: worker-0", b"hostname: worker-9"), relist=False)
     result = cli("userdata", "worker-0", "-c", fresh / "cluster.yaml", "--reveal")
-    assert result.exit_code == 1
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (f"error: {fresh / 'artifacts/nodes/worker-0/userdata'}: changed since it was rendered and"
+                             " reviewed: run `vent-bake render`\n")
+
+
+def test_stale_marker_refuses_to_reveal(fresh):
+    marker = secrets.markers((fresh / "artifacts/nodes/worker-0/userdata").read_text())[0]
+    _tamper(fresh, "nodes/worker-0/userdata", lambda b: b.replace(marker["digest"].encode(), b"0" * 64), relist=True)
+    result = cli("userdata", "worker-0", "-c", fresh / "cluster.yaml", "--reveal")
+    assert (result.exit_code, result.stdout) == (1, "")
     assert f"the marker for {marker['name']} does not match the state's secret" in result.stderr
+
+
+def test_reveal_refuses_a_secret_the_role_may_not_hold(fresh):
+    """A CA key's marker is public (it stands in every controller's userdata): one added to a
+    worker's userdata, MANIFEST edited to match, still reveals nothing."""
+    ca_key = next(m[0] for m in secrets.markers((fresh / "artifacts/nodes/controller-0/userdata").read_text()) if m["name"] == "pki/ca.key")
+    entry = f"  - path: /tmp/ca.key\n    encoding: b64\n    content: {ca_key.replace(':raw:', ':b64:')}\n".encode()
+    _tamper(fresh, "nodes/worker-0/userdata", lambda b: b.replace(b"write_files:\n", b"write_files:\n" + entry), relist=True)
+    result = cli("userdata", "worker-0", "-c", fresh / "cluster.yaml", "--reveal")
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert "nodes/worker-0/userdata: carries pki/ca.key, which a worker must not hold; nothing was revealed" in result.stderr
+    assert "BEGIN" not in result.output
 
 
 # --- units ------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import cli
-from vent_bake import pki
+from vent_bake import pki, secrets
 from vent_bake.pki import CertSpec
+from vent_bake.state import State
 
 
 def verify(root, *args):
@@ -36,7 +37,8 @@ def test_json_findings(fresh):
 
 
 def sign(root, spec: CertSpec, *, not_before=None, not_after=None):
-    """A certificate for spec, signed by the bundle's real CA: a tamperer with the CA key."""
+    """A certificate for spec in the artifacts, signed by the bundle's real CA: a tamperer with
+    the CA key, who cannot change the state too (every command refuses a changed state)."""
     ca_key = serialization.load_pem_private_key((root / ".vent/pki/ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((root / ".vent/pki/ca.crt").read_bytes())
     cert = pki.issue(spec, serialization.load_pem_private_key((root / f".vent/pki/{spec.name}.key").read_bytes(), None), 365, ca, ca_key)
@@ -46,17 +48,23 @@ def sign(root, spec: CertSpec, *, not_before=None, not_after=None):
         for ext in cert.extensions:
             builder = builder.add_extension(ext.value, ext.critical)
         cert = builder.sign(ca_key, hashes.SHA256())
-    pem = pki.cert_pem(cert)
-    (root / f".vent/pki/{spec.name}.crt").write_bytes(pem)
-    (root / f"artifacts/pki/{spec.name}.crt").write_bytes(pem)
+    (root / f"artifacts/pki/{spec.name}.crt").write_bytes(pki.cert_pem(cert))
 
 
-def test_swapped_key(fresh):
+def test_swapped_key_in_the_state_stops_verify(fresh):
     (fresh / ".vent/pki/admin.key").write_bytes((fresh / ".vent/pki/kube-proxy.key").read_bytes())
+    result = cli("verify", "-c", fresh / "cluster.yaml")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"error: {fresh / '.vent/pki/admin.key'}: changed since vent-bake wrote it"
+                                    " (it and pki/admin.crt are not a pair)")
+
+
+def test_swapped_certificate(fresh):
+    (fresh / "artifacts/pki/admin.crt").write_bytes((fresh / "artifacts/pki/kube-proxy.crt").read_bytes())
     code, lines = verify(fresh)
     assert code == 1
     assert "error: pki/admin.crt: does not match its key pki/admin.key" in lines
-    assert "error: admin.kubeconfig: its marker for pki/admin.key is stale: the state's secret has another sha256" in lines
+    assert "error: pki/admin.crt: differs from the state's certificate" in lines
 
 
 def test_dropped_san(fresh):
@@ -106,7 +114,7 @@ def test_oversize_userdata(fresh):
     path = fresh / "artifacts/nodes/worker-1/userdata"
     path.write_text(path.read_text() + "# padding\n" * 1000)
     code, lines = verify(fresh)
-    size = len(cli("userdata", "worker-1", "-c", fresh / "cluster.yaml", "--reveal").stdout.encode())
+    size = len(secrets.reveal(path.read_text(), State.load(fresh / ".vent").secret).encode())
     assert f"warning: nodes/worker-1/userdata: revealed userdata is {size} bytes, over the worker budget of 8192" in lines
     assert code == 1 and errors(lines) == ["error: nodes/worker-1/userdata: changed since it was rendered"]
 

@@ -6,6 +6,7 @@ certificates' names in the state directory (pki/<name>.crt and pki/<name>.key).
 """
 
 import ipaddress
+from collections.abc import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from vent_bake import pki
 from vent_bake.config import DNS_SERVICE_INDEX, Cluster
 from vent_bake.pki import CertSpec
+from vent_bake.errors import StateError
 from vent_bake.state import State
 
 CLUSTER_CA = "ca"
@@ -86,7 +88,8 @@ def plan(cluster: Cluster, addresses: dict[str, str]) -> list[CertSpec]:
 
 # --- keeping the state's PKI in step with the plan ---------------------------------------------
 
-SERVICE_ACCOUNT_KEY = "pki/service-accounts.key"
+SERVICE_ACCOUNTS = "service-accounts"
+SERVICE_ACCOUNT_KEY = f"pki/{SERVICE_ACCOUNTS}.key"
 
 
 def crt_path(name: str) -> str:
@@ -97,10 +100,24 @@ def key_path(name: str) -> str:
     return f"pki/{name}.key"
 
 
-def ensure(cluster: Cluster, addresses: dict[str, str], state: State) -> tuple[list[str], list[str]]:
+def names(cluster: Cluster) -> frozenset[str]:
+    """Every certificate's name, and the service-account key's: what `render --reissue` takes.
+    (Names do not depend on the nodes' addresses.)"""
+    stand_in = {n.name: "192.0.2.1" for n in cluster.nodes}
+    return frozenset([s.name for s in plan(cluster, stand_in)] + [SERVICE_ACCOUNTS])
+
+
+def files_of(name: str) -> list[str]:
+    """The state files of a certificate (or of the service-account key)."""
+    return [SERVICE_ACCOUNT_KEY] if name == SERVICE_ACCOUNTS else [crt_path(name), key_path(name)]
+
+
+def ensure(cluster: Cluster, addresses: dict[str, str], state: State, replacing: Iterable[str] = ()) -> tuple[list[str], list[str]]:
     """Issue every certificate that is missing or no longer fits; drop those no longer planned.
 
-    Returns (issued, dropped) certificate names. A re-issued certificate gets a new key too.
+    A leaf whose names, addresses or usages changed is issued again, with a new key. A CA, or
+    the service-account key, is replaced only when `replacing` names it (`render --reissue`):
+    everything a cluster trusts hangs on them. Returns (issued, dropped) certificate names.
     """
     algorithm, validity = cluster.pki.key_algorithm, cluster.pki
     cas: dict[str, tuple] = {}
@@ -110,7 +127,13 @@ def ensure(cluster: Cluster, addresses: dict[str, str], state: State) -> tuple[l
         ca = cas.get(spec.issuer) if spec.issuer else None
         pem = state.get(crt_path(spec.name))
         cert = x509.load_pem_x509_certificate(pem) if pem else None
-        if cert is None or state.get(key_path(spec.name)) is None or not pki.fits(cert, spec, algorithm, ca and ca[0]):
+        why = pki.misfit(cert, spec, algorithm, ca and ca[0]) if cert else "missing"
+        if why and spec.is_ca and cert and spec.name not in replacing:
+            raise StateError(
+                f"{state.root / crt_path(spec.name)}: the cluster file asks for another CA ({why}); `vent-bake render"
+                f" --reissue {spec.name}` replaces it and every certificate it signed (nodes booted with it must boot again)"
+            )
+        if why:
             key = pki.new_key(algorithm)
             ca_cert, ca_key = (ca[0], ca[1]()) if ca else (None, None)
             cert = pki.issue(spec, key, validity.ca_days if spec.is_ca else validity.leaf_days, ca_cert, ca_key)
@@ -120,10 +143,15 @@ def ensure(cluster: Cluster, addresses: dict[str, str], state: State) -> tuple[l
         if spec.is_ca:
             cas[spec.name] = (cert, _key_loader(state, spec.name))
     sa = state.get(SERVICE_ACCOUNT_KEY)
-    if sa is None or not pki.key_fits(serialization.load_pem_private_key(sa, None).public_key(), algorithm):
+    if sa is not None and not pki.key_fits(serialization.load_pem_private_key(sa, None).public_key(), algorithm):
+        raise StateError(
+            f"{state.root / SERVICE_ACCOUNT_KEY}: its key is not {algorithm}; `vent-bake render --reissue service-accounts`"
+            " replaces it (every service-account token issued with it stops working)"
+        )
+    if sa is None:
         state.put(SERVICE_ACCOUNT_KEY, pki.key_pem(pki.new_key(algorithm)))
-        issued.append("service-accounts")
-    keep = {p for s in planned for p in (crt_path(s.name), key_path(s.name))} | {SERVICE_ACCOUNT_KEY}
+        issued.append(SERVICE_ACCOUNTS)
+    keep = {p for s in planned for p in files_of(s.name)} | {SERVICE_ACCOUNT_KEY}
     dropped = sorted({n.removeprefix("pki/").rsplit(".", 1)[0] for n in state.files if n.startswith("pki/") and n not in keep})
     for name in dropped:
         state.drop(crt_path(name))

@@ -1,13 +1,15 @@
-"""The `vent-bake` command line: argument handling and printing only; the work is elsewhere."""
+"""The `vent-bake` command line: argument handling and printing only; the work is elsewhere.
 
-import json
-import os
+Each command imports what it needs when it runs: `--help`, `--version` and `render` must not
+pay for the provider's HTTP stack, the lab or the checks of `verify`.
+"""
+
 import sys
 from pathlib import Path
 
 import click
 
-from vent_bake import __version__, bake, config, example, launch, userdata
+from vent_bake import __version__
 from vent_bake.errors import VentError
 
 cluster_option = click.option(
@@ -27,6 +29,17 @@ class Group(click.Group):
         except VentError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+
+
+def say(message: str) -> None:
+    """Notes and warnings: stderr, so that what a command prints on stdout stays its output."""
+    click.echo(message, err=True)
+
+
+def _opened(cluster_file: Path, out: Path | None, state: Path | None, write: bool, replacing=()):
+    from vent_bake import workspace
+
+    return workspace.opened(workspace.Paths.resolve(cluster_file, out, state), write=write, say=say, replacing=replacing)
 
 
 @click.group(cls=Group)
@@ -54,6 +67,8 @@ def example_options(workers: int, name: str):
 
 def _example(directory: Path, controllers: int, workers: int, name: str, force: bool) -> str:
     """The example cluster file's text, checked; refuses to overwrite one without --force."""
+    from vent_bake import config, example
+
     if (directory / "cluster.yaml").exists() and not force:
         raise VentError(f"{directory / 'cluster.yaml'} already exists; pass --force to overwrite it")
     try:
@@ -68,9 +83,11 @@ def _example(directory: Path, controllers: int, workers: int, name: str, force: 
 @example_options(workers=2, name="vent")
 def init(directory: Path, controllers: int, workers: int, name: str, force: bool):
     """Write DIRECTORY/cluster.yaml, a commented example that renders as it is."""
+    from vent_bake import fsutil
+
     text = _example(directory, controllers, workers, name, force)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "cluster.yaml").write_text(text)
+    fsutil.write_file(directory / "cluster.yaml", text.encode(), 0o644)
     click.echo(f"wrote {directory / 'cluster.yaml'} ({controllers} controllers, {workers} workers)")
 
 
@@ -78,12 +95,19 @@ def init(directory: Path, controllers: int, workers: int, name: str, force: bool
 @cluster_option
 @out_option
 @state_option
-def render(cluster_file: Path, out: Path | None, state: Path | None):
+@click.option("--reissue", multiple=True, metavar="NAME",
+              help="Replace this certificate and its key (ca, etcd-ca, service-accounts, admin, nodes/HOST, ...), and"
+                   " everything it signed; repeatable. Needed to replace a CA or a damaged file.")
+def render(cluster_file: Path, out: Path | None, state: Path | None, reissue: tuple[str, ...]):
     """Render every certificate, kubeconfig, config and userdata into the artifacts directory."""
-    paths = bake.Paths.resolve(cluster_file, out, state)
-    result = bake.bake(paths)
+    from vent_bake import config, userdata, workspace
+
+    paths = workspace.Paths.resolve(cluster_file, out, state)
+    replacing = workspace.reissued_files(config.load(paths.cluster), reissue) if reissue else []
+    with workspace.opened(paths, write=True, say=say, replacing=replacing) as ws:
+        result = workspace.bake(ws, reissue)
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        say(f"warning: {warning}")
     _report("issued", result.issued)
     _report("dropped (no longer in the cluster file)", result.dropped)
     for host, size in result.sizes.items():
@@ -111,9 +135,21 @@ def _report(what: str, names: list[str], limit: int = 20):
 @state_option
 @click.option("--reveal", is_flag=True, help="Fill in the secrets: the exact userdata that boots the node.")
 def userdata_command(node: str, cluster_file: Path, out: Path | None, state: Path | None, reveal: bool):
-    """Print NODE's userdata as reviewed in the artifacts, or, with --reveal, as it boots."""
-    paths = bake.Paths.resolve(cluster_file, out, state)
-    text = bake.revealed_userdata(paths, node) if reveal else bake.reviewed_userdata(paths, node)
+    """Print NODE's userdata as reviewed in the artifacts, or, with --reveal, as it boots.
+
+    --reveal first checks the artifacts against their MANIFEST and the node's role."""
+    from vent_bake import artifacts, manifest
+
+    with _opened(cluster_file, out, state, write=False) as ws:
+        tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster)) if reveal else artifacts.read(ws.paths.out)
+        if node not in {n.name for n in ws.cluster.nodes}:
+            raise VentError(f"{ws.paths.cluster}: no node {node!r} in the cluster file")
+        if reveal:
+            text = artifacts.revealed(tree, ws.cluster, ws.state, node)
+        elif f"nodes/{node}/userdata" in tree:
+            text = tree[f"nodes/{node}/userdata"].decode()
+        else:
+            raise VentError(f"{ws.paths.out}: no userdata for node {node!r}; run `vent-bake render` first")
     click.echo(text, nl=False)
 
 
@@ -127,16 +163,18 @@ def verify(cluster_file: Path, out: Path | None, state: Path | None, days: int, 
     """Cross-check the rendered bundle (artifacts and state) before launching it."""
     from vent_bake import verify as checks
 
-    findings = checks.run(checks.load(bake.Paths.resolve(cluster_file, out, state), days))
+    with _opened(cluster_file, out, state, write=False) as ws:
+        findings = checks.run(checks.inspect(ws, days))
     click.echo(checks.report(findings, as_json))
     sys.exit(1 if any(f.level == "error" for f in findings) else 0)
 
 
-def _at_provider(cluster_file: Path, out: Path | None = None, state: Path | None = None):
-    """(paths, cluster file bytes, cluster, state, provider) for the commands that talk to the provider."""
-    paths = bake.Paths.resolve(cluster_file, out, state)
-    text, cluster, st = bake.load(paths)
-    return paths, text, cluster, st, launch.provider_for(cluster, os.environ)
+def _provider(ws):
+    import os
+
+    from vent_bake import launch
+
+    return launch.provider_for(ws.cluster, os.environ)
 
 
 @main.command()
@@ -144,16 +182,19 @@ def _at_provider(cluster_file: Path, out: Path | None = None, state: Path | None
 @state_option
 def reserve(cluster_file: Path, state: Path | None):
     """Reserve one public IPv4 address per node in the project; idempotent."""
-    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
-    made = launch.reserve(cluster, st, provider, click.echo)
-    click.echo(f"{len(made)} addresses reserved, {len(cluster.nodes) - len(made)} already held; now run `vent-bake render`")
+    from vent_bake import launch
+
+    with _opened(cluster_file, None, state, write=True) as ws:
+        made = launch.reserve(ws.cluster, ws.state, _provider(ws), click.echo)
+    click.echo(f"{len(made)} addresses reserved, {len(ws.cluster.nodes) - len(made)} already held; now run `vent-bake render`")
 
 
 @main.command()
 @cluster_option
 def prices(cluster_file: Path):
     """The spot price of each role's plan in every metro, against the configured maximum."""
-    _, _, cluster, _, provider = _at_provider(cluster_file)
+    with _opened(cluster_file, None, None, write=False) as ws:
+        cluster, provider = ws.cluster, _provider(ws)
     for role in ("controllers", "workers"):
         settings = getattr(cluster.provider.packet, role)
         quotes = provider.spot_prices(settings.plan)
@@ -176,16 +217,20 @@ def prices(cluster_file: Path):
 @click.option("--poll", type=click.FloatRange(min=0.05), default=5, show_default=True, help="Seconds between status checks.")
 def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeout, poll):
     """Create every missing device with its reviewed userdata, assign its address, wait for active."""
-    paths, text, cluster, st, provider = _at_provider(cluster_file, out, state)
-    userdata = launch.check_launchable(paths, cluster, st, text, provider)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise VentError("launch creates billable machines: pass --yes to confirm without a terminal")
-        click.confirm(f"Launch {len(cluster.nodes)} nodes of {cluster.name} in {cluster.provider.packet.metro}?", abort=True)
-    options = launch.Options(concurrency=concurrency, max_price=max_price, timeout=timeout, poll=poll)
-    machines = launch.Launch(cluster, st, provider, userdata, options, click.echo).run()
-    click.echo(launch.format_table(launch.table(cluster, st, machines)))
-    click.echo(f"admin kubeconfig: {launch.admin_kubeconfig(paths)}")
+    from vent_bake import launch
+
+    with _opened(cluster_file, out, state, write=False) as ws:
+        provider = _provider(ws)
+        userdata = launch.check_launchable(ws, provider)
+        cluster = ws.cluster
+        if not yes:
+            if not sys.stdin.isatty():
+                raise VentError("launch creates billable machines: pass --yes to confirm without a terminal")
+            click.confirm(f"Launch {len(cluster.nodes)} nodes of {cluster.name} in {cluster.provider.packet.metro}?", abort=True)
+        options = launch.Options(concurrency=concurrency, max_price=max_price, timeout=timeout, poll=poll)
+        machines = launch.Launch(cluster, ws.state, provider, userdata, options, click.echo).run()
+        click.echo(launch.format_table(launch.table(cluster, ws.state, machines)))
+        click.echo(f"admin kubeconfig: {launch.admin_kubeconfig(ws.paths)}")
 
 
 @main.command()
@@ -194,8 +239,12 @@ def launch_command(cluster_file, out, state, yes, max_price, concurrency, timeou
 @click.option("--json", "as_json", is_flag=True)
 def status(cluster_file, state, as_json):
     """Each node's device, state, address and price."""
-    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
-    rows = launch.status(cluster, st, provider)
+    import json
+
+    from vent_bake import launch
+
+    with _opened(cluster_file, None, state, write=False) as ws:
+        rows = launch.status(ws.cluster, ws.state, _provider(ws))
     click.echo(json.dumps(rows, indent=2) if as_json else launch.format_table(rows))
 
 
@@ -205,26 +254,28 @@ def status(cluster_file, state, as_json):
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def destroy(cluster_file, state, yes):
     """Delete this cluster's devices and address reservations (found by tag, nothing else)."""
-    _, _, cluster, st, provider = _at_provider(cluster_file, state=state)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise VentError("destroy deletes machines: pass --yes to confirm without a terminal")
-        click.confirm(f"Delete every device and address of {cluster.name}?", abort=True)
-    devices, addresses = launch.destroy(cluster, st, provider, click.echo)
+    from vent_bake import launch
+
+    with _opened(cluster_file, None, state, write=True) as ws:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise VentError("destroy deletes machines: pass --yes to confirm without a terminal")
+            click.confirm(f"Delete every device and address of {ws.cluster.name}?", abort=True)
+        devices, addresses = launch.destroy(ws.cluster, ws.state, _provider(ws), click.echo)
     click.echo(f"deleted {devices} devices and {addresses} address reservations")
 
 
 @main.command("lock")
 @cluster_option
-@click.option("--kubernetes", "version", help="Kubernetes version to pin, e.g. v1.32.9 [default: the cluster file's].")
+@click.option("--kubernetes", "version", help="Kubernetes version to pin, e.g. v1.36.1 [default: the cluster file's].")
 @click.option("--from", "source", help="Fetch the checksum files from this mirror of the official hosts (<URL>/<host>/<path>).")
 def lock_command(cluster_file: Path, version: str | None, source: str | None):
     """Pin a Kubernetes version's binaries from the published checksum files (online).
 
     Writes binaries.lock.yaml beside the cluster file; review it like code."""
-    from vent_bake import pinning
+    from vent_bake import lock
 
-    target, notes = pinning.pin(cluster_file, version, source)
+    target, notes = lock.pin(cluster_file, version, source)
     for note in notes:
         click.echo(f"note: {note}")
     click.echo(f"pinned {target[0]} in {target[1]}; now run `vent-bake render`")
@@ -233,6 +284,10 @@ def lock_command(cluster_file: Path, version: str | None, source: str | None):
 @main.command()
 def schema():
     """Print the JSON Schema of the cluster file."""
+    import json
+
+    from vent_bake import config
+
     click.echo(json.dumps(config.schema(), indent=2))
 
 
@@ -254,9 +309,10 @@ def lab_init(directory: Path, controllers: int, workers: int, name: str, force: 
 
 
 def _lab(cluster_file: Path, out: Path | None, state: Path | None):
+    from vent_bake import workspace
     from vent_bake.lab import lab as steps
 
-    return steps, steps.Lab.load(bake.Paths.resolve(cluster_file, out, state))
+    return steps, steps.Lab.load(workspace.Paths.resolve(cluster_file, out, state), say)
 
 
 @lab.command("up")
@@ -274,6 +330,8 @@ def lab_up(nodes, cluster_file, out, state, timeout, source):
 
 
 def _lab_report(steps, the_lab):
+    from vent_bake import launch
+
     rows, skipped, ran = steps.status(the_lab)
     click.echo(launch.format_table(rows))
     for component, source in ran.items():

@@ -21,7 +21,14 @@ from vent_bake.errors import ConfigError
 # The provider's private range: Packet/Equinix Metal routes 10.0.0.0/8 over its private
 # network, so neither pods nor services may live there.
 PROVIDER_PRIVATE = ipaddress.ip_network("10.0.0.0/8")
-HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# Matched with fullmatch: a `$` would also match before a trailing newline.
+HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+# Every URL ends up in a file a shell reads on every node (node.env): no whitespace, control
+# characters, quotes, `$`, backquotes or backslashes, checked on the raw string (urlsplit
+# drops newlines before anyone sees them).
+UNSAFE_IN_URL = re.compile(r"[\s\x00-\x1f\x7f'\"`$\\]")
+MAX_QUOTED = 60  # an error line quotes at most this much of a value
+MAX_VALUES = 1_000_000  # a cluster file expands (YAML aliases included) to at most this many values
 # X.509 limits a common name to 64 characters; a kubelet's is system:node:<name>.
 MAX_NODE_NAME = 64 - len("system:node:")
 DNS_SERVICE_INDEX = 10  # CoreDNS sits at the tenth address of the service range, as in KTHW
@@ -31,10 +38,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def quoted(value) -> str:
+    """A value as an error line may quote it: repr'd, and cut short."""
+    text = repr(value)
+    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
+
+
 def _hostname(value: str) -> str:
-    if not HOSTNAME.match(value):
+    if not HOSTNAME.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a valid hostname (RFC 1123: lowercase letters, digits, '-' and '.',"
+            f"{quoted(value)} is not a valid hostname (RFC 1123: lowercase letters, digits, '-' and '.',"
             " each label 1-63 characters, starting and ending with a letter or digit)"
         )
     return value
@@ -44,9 +57,10 @@ def _ipv4_network(value: str) -> str:
     try:
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
-        raise ValueError(f"{value!r} is not a valid IPv4 CIDR ({exc})") from None
+        detail = f" ({exc})" if len(value) <= MAX_QUOTED else ""
+        raise ValueError(f"{quoted(value)} is not a valid IPv4 CIDR{detail}") from None
     if net.version != 4:
-        raise ValueError(f"{value!r} is IPv6; only IPv4 ranges are supported")
+        raise ValueError(f"{quoted(value)} is IPv6; only IPv4 ranges are supported")
     return value
 
 
@@ -54,16 +68,27 @@ def _ipv4_address(value: str) -> str:
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a valid IPv4 address") from None
+        raise ValueError(f"{quoted(value)} is not a valid IPv4 address") from None
     if addr.version != 4:
         raise ValueError(f"{value!r} is IPv6; a node's reserved address is a public IPv4")
+    for is_kind, kind in ((addr.is_unspecified, "unspecified"), (addr.is_loopback, "a loopback"), (addr.is_link_local, "a link-local"),
+                          (addr.is_multicast, "a multicast"), (addr == ipaddress.IPv4Address("255.255.255.255"), "the broadcast"),
+                          (addr.is_reserved, "a reserved"), (addr in ipaddress.ip_network("0.0.0.0/8"), "a 'this network'")):
+        if is_kind:
+            raise ValueError(f"{value} is {kind} address; a node's address must be a unicast address that routes to it")
     return value
 
 
 def _url(value: str) -> str:
+    bad = UNSAFE_IN_URL.search(value)
+    if bad:
+        raise ValueError(f"{quoted(value)} holds {bad[0]!r}; a URL here may hold no whitespace, control characters, quotes, '$', '`' or '\\'")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ValueError(f"{value!r} is not an http(s) URL such as https://files.example.com/vent/")
+        raise ValueError(f"{quoted(value)} is not an http(s) URL such as https://files.example.com/vent/")
+    if "@" in parts.netloc:
+        raise ValueError("holds a user name or password; it would be in every node's userdata and in error messages:"
+                         " give the nodes a URL that needs none (the files it serves are checked by digest)")
     return value
 
 
@@ -253,7 +278,40 @@ def _problem(err: dict) -> str:
         return "required setting is missing"
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
-    return f"{msg[0].lower()}{msg[1:]} (got {err['input']!r})" if "input" in err else msg
+    return f"{msg[0].lower()}{msg[1:]} (got {quoted(err['input'])})" if "input" in err else msg
+
+
+def _too_big(data) -> str | None:
+    """Bound what validation will walk: YAML aliases let a few lines stand for billions of
+    values (and one that contains itself, for infinitely many)."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    class Cycle(Exception):
+        pass
+
+    def size(value) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key in busy:
+            raise Cycle
+        if key not in sizes:
+            busy.add(key)
+            children = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            sizes[key] = 1 + sum(size(k) + size(v) for k, v in children)
+            busy.discard(key)
+        return min(sizes[key], MAX_VALUES + 1)
+
+    try:
+        total = size(data)
+    except Cycle:
+        return "a YAML alias refers to a value that contains it; write the settings out"
+    except RecursionError:
+        return "nests deeper than any cluster file needs"
+    if total > MAX_VALUES:
+        return f"expands to more than {MAX_VALUES:,} values (YAML aliases?); write the settings out without aliases"
+    return None
 
 
 def parse(text: str, source: str, project_lock: dict | None = None) -> Cluster:
@@ -270,6 +328,9 @@ def parse(text: str, source: str, project_lock: dict | None = None) -> Cluster:
     if not isinstance(data, dict):
         found = "a list" if isinstance(data, list) else "a single value"
         raise ConfigError(source, "", f"must be a mapping of settings (name:, controllers:, ...), not {found}")
+    problem = _too_big(data)
+    if problem:
+        raise ConfigError(source, "", problem)
     try:
         cluster = Cluster.model_validate(data)
     except ValidationError as exc:
@@ -295,21 +356,9 @@ def load(path: Path, text: bytes | None = None) -> Cluster:
     binaries lock beside it if there is one."""
     text = read(path) if text is None else text
     try:
-        return parse(text.decode(), str(path), read_project_lock(path.parent / lock.PROJECT_LOCK))
+        return parse(text.decode(), str(path), lock.read_project(path.parent / lock.PROJECT_LOCK))
     except UnicodeDecodeError:
         raise ConfigError(str(path), "", "not UTF-8 text; save the file as UTF-8") from None
-
-
-def read_project_lock(path: Path) -> dict | None:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "", f"cannot read the project's binaries lock ({exc})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError(str(path), "", "must map Kubernetes versions to components; `vent-bake lock` writes it")
-    return data
 
 
 # --- rules across fields ---------------------------------------------------------------------
@@ -406,9 +455,14 @@ def _check_ranges(c: Cluster):
 
 
 def warnings(c: Cluster) -> list[str]:
+    out = []
     if len(c.controllers) % 2 == 0:
-        return [
+        out.append(
             f"controllers: {len(c.controllers)} controllers tolerate no more failures than"
             f" {len(c.controllers) - 1}; etcd quorum prefers an odd count"
-        ]
-    return []
+        )
+    for field, url in (("boot.artifacts_url", c.boot.artifacts_url), ("mirror", c.mirror)):
+        if url and url.startswith("http://"):
+            out.append(f"{field}: {url} is plain http: every file is still checked by its digest, but anyone on the"
+                       " path sees what the nodes fetch; prefer https")
+    return out

@@ -1,12 +1,24 @@
-"""Writing a whole directory tree at once: build it beside the old one, then swap.
+"""Files and whole directory trees written so that a reader, or the next run after a crash,
+finds the old content or the new, whole, and never a mix.
 
-A failure at any point before the swap leaves the old tree exactly as it was.
+A tree is built beside the old one (`.<name>.new-<pid>`), then the two are exchanged in one
+system call (renameat2 RENAME_EXCHANGE) and the old one is removed. A run killed before the
+exchange leaves a staging tree, and one killed after it the old tree, under that name: the
+next run removes them (`clear_leftovers`) before it writes. A tree that holds secrets carries
+a `.gitignore` from its first write, so that no copy of it is ever committed by accident.
 """
 
+import ctypes
+import errno
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+IGNORE_ALL = ".gitignore"  # in a tree of secrets: "*", so git never picks up any copy of it
 
 
 def _walk(root: Path, visit: Callable[[str, os.DirEntry], None]) -> None:
@@ -50,15 +62,92 @@ def stat_tree(root: Path) -> dict[str, list[int]]:
     return out
 
 
-def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace one file atomically: a temp file beside it, then a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk, a file size limit): go on or raise."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace one file atomically: all of it into a temp file beside it, flushed to disk, then
+    a rename. Interrupted, the old file stays as it was."""
+    tmp = f"{path.parent}/.{path.name}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one step; False where the filesystem cannot."""
+    if _LIBC.renameat2(_AT_FDCWD, a.encode(), _AT_FDCWD, b.encode(), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _syncfs(path: str) -> None:
+    """Flush the filesystem holding path: one call, where fsync-ing every file would cost one
+    disk flush each."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
     finally:
         os.close(fd)
-    os.rename(tmp, path)
+
+
+def _staging(target: Path) -> tuple[str, str]:
+    parent = os.fspath(target.parent)
+    return f"{parent}/.{target.name}.new-{os.getpid()}", f"{parent}/.{target.name}.old-{os.getpid()}"
+
+
+def is_temp(name: str) -> bool:
+    """A file write_file was writing when its run was killed."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def clear_leftovers(target: Path) -> list[str]:
+    """Remove what a killed run left beside target (its staging or old trees) and in it (files
+    half written); if target itself is gone because a run died between the two renames of the
+    fallback swap, put its old tree back first. Call it holding the lock on target. Returns the
+    paths removed, relative to target's parent."""
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    found = sorted(p for p in parent.iterdir()
+                   if p.name.startswith((f".{target.name}.new-", f".{target.name}.old-", f".{target.name}.tmp-")))
+    if target.is_dir():
+        found += sorted(p for p in target.iterdir() if is_temp(p.name) and p.is_file())
+    olds = [p for p in found if p.name.startswith(f".{target.name}.old-")]
+    if not target.exists() and olds:
+        os.rename(olds[-1], target)
+        found.remove(olds[-1])
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return [str(p.relative_to(parent)) for p in found]
 
 
 def replace_tree(
@@ -68,16 +157,18 @@ def replace_tree(
     dir_mode: int = 0o755,
     file_mode: Callable[[str], int] = lambda _: 0o644,
     carry_over: Iterable[str] = (),
+    secret: bool = False,
 ) -> None:
     """Make `target` hold exactly `files`, plus the entries named in carry_over from the old tree.
 
+    A `secret` tree carries IGNORE_ALL from its first write and is flushed to disk before the
+    swap (the keys of a cluster must survive a power cut); any other tree can be rendered again.
     Paths are plain strings and os calls here: a thousand-node tree is tens of thousands of
     files, and pathlib's objects cost more than the system calls.
     """
     parent = os.fspath(target.parent)
     os.makedirs(parent, exist_ok=True)
-    staging = f"{parent}/.{target.name}.new-{os.getpid()}"
-    old = f"{parent}/.{target.name}.old-{os.getpid()}"
+    staging, old = _staging(target)
     umask = os.umask(0)
     os.umask(umask)
     dirs: set[str] = set()
@@ -92,26 +183,34 @@ def replace_tree(
             os.mkdir(path, dir_mode)
             if dir_mode & umask:
                 os.chmod(path, dir_mode)  # mkdir's mode is filtered by the umask
+            if secret and not d:
+                _put(f"{staging}/{IGNORE_ALL}", b"*\n", 0o600)
         for rel, data in files.items():
-            fd = os.open(f"{staging}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode(rel))
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            _put(f"{staging}/{rel}", data, file_mode(rel))
         for entry in carry_over:
             src, dst = target / entry, f"{staging}/{entry}"
             if src.is_dir() and not src.is_symlink():
                 shutil.copytree(src, dst, symlinks=True)
             else:
                 shutil.copy2(src, dst, follow_symlinks=False)
-        if target.exists():
+        if secret:
+            _syncfs(staging)
+        if not target.exists():
+            os.rename(staging, target)
+        elif not _exchange(staging, os.fspath(target)):
+            # No exchange here: two renames; clear_leftovers puts the old tree back if a run
+            # dies between them.
             os.rename(target, old)
             os.rename(staging, target)
             shutil.rmtree(old)
-        else:
-            os.rename(staging, target)
     finally:
         if os.path.exists(staging):
-            shutil.rmtree(staging)
+            shutil.rmtree(staging)  # the unfinished tree, or the old one after the exchange
+
+
+def _put(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import requests
 import yaml
 
-from vent_bake import bake, render
+from vent_bake import artifacts, manifest, render
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import VentError
 from vent_bake.provider import Machine, NodeSpec, Provider, ProviderError, cluster_tag, node_tag, role_tag
@@ -88,14 +88,16 @@ class Options:
     replacements: int = 3
 
 
-def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: bytes, provider: Provider) -> dict[str, str]:
+def check_launchable(ws, provider: Provider) -> dict[str, str]:
     """Refuse, naming the command to run, unless every node's address is reserved and the
-    reviewed artifacts are exactly what boots and what is published. The provider and the
-    web server are asked at the same time; the reservations are reported on first."""
+    reviewed artifacts are exactly what boots and what is published; then every node's
+    bootable userdata. The provider and the web server are asked at the same time; the
+    reservations are reported on first."""
+    cluster, state = ws.cluster, ws.state
     with ThreadPoolExecutor(1) as pool:
         reservations = pool.submit(provider.reservations)
         try:
-            tree, problem = bake.reviewed(paths, text, cluster, state), None
+            tree, problem = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, state, cluster)), None
             check_published(cluster, tree)
         except VentError as exc:
             problem = exc
@@ -105,7 +107,7 @@ def check_launchable(paths: bake.Paths, cluster: Cluster, state: State, text: by
             raise VentError(f"node {name} has no address reserved in the project: run `vent-bake reserve`, then `vent-bake render`")
     if problem:
         raise problem
-    return bake.revealed_all(tree, cluster, state)
+    return {n.name: artifacts.revealed(tree, cluster, state, n.name) for n in cluster.nodes}
 
 
 def check_published(cluster: Cluster, tree: dict[str, bytes], concurrency: int = 16) -> None:
@@ -266,5 +268,5 @@ def destroy(cluster: Cluster, state: State, provider: Provider, say: Callable[[s
     return len(machines), released
 
 
-def admin_kubeconfig(paths: bake.Paths) -> str:
+def admin_kubeconfig(paths) -> str:
     return str(paths.state / ADMIN_KUBECONFIG)

@@ -10,12 +10,13 @@ import re
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import yaml
 
-from vent_bake.errors import VentError
+from vent_bake import fsutil
+from vent_bake.errors import ConfigError, VentError
 
 ARCHES = ("amd64", "arm64")
 PROJECT_LOCK = "binaries.lock.yaml"
@@ -111,9 +112,71 @@ def refresh(version: str, base: dict, fetch: Callable[[str], str]) -> tuple[dict
     return entry, notes
 
 
-def render(project: dict) -> str:
+def serialise(project: dict) -> str:
     header = (
         "# Project binaries lock, written by `vent-bake lock` from the published checksum files.\n"
         "# Its versions take the place of vent-bake's packaged ones of the same name. Review it like code.\n"
     )
     return header + yaml.safe_dump(project, sort_keys=False, width=200)
+
+
+# --- the `lock` command: the project's lock beside the cluster file ---------------------------------
+
+TIMEOUT = (10, 60)
+
+
+def read_project(path: Path) -> dict | None:
+    """The project's lock beside the cluster file, if there is one."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), "", f"cannot read the project's binaries lock ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(str(path), "", "must map Kubernetes versions to components; `vent-bake lock` writes it")
+    return data
+
+
+def _fetcher(source: str | None):
+    import requests  # the one command that reads the internet; nothing else pays for it
+
+    from vent_bake.binaries import mirrored
+
+    session = requests.Session()
+
+    def fetch(url: str) -> str:
+        where = mirrored(url, source)
+        try:
+            resp = session.get(where, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise LockError(f"{where}: cannot fetch the checksum file ({exc.__class__.__name__})") from None
+        if resp.status_code != 200:
+            raise LockError(f"{where}: {resp.status_code} {resp.reason}; nothing was written")
+        return resp.text
+
+    return fetch
+
+
+def _wanted_version(cluster_file: Path) -> str:
+    """The cluster file's Kubernetes version, read without validating it: the version may be
+    one that no lock knows yet."""
+    from vent_bake import config
+
+    try:
+        data = yaml.safe_load(config.read(cluster_file)) or {}
+        return str(data["versions"]["kubernetes"])
+    except (yaml.YAMLError, TypeError, KeyError):
+        raise ConfigError(str(cluster_file), "versions.kubernetes", "not set; pass --kubernetes VERSION") from None
+
+
+def pin(cluster_file: Path, version: str | None, source: str | None) -> tuple[tuple[str, Path], list[str]]:
+    version = version or _wanted_version(cluster_file)
+    path = cluster_file.parent / PROJECT_LOCK
+    project = read_project(path) or {}
+    known = merged(project)
+    base = known[version] if version in known else known[newest(known)]
+    entry, notes = refresh(version, base, _fetcher(source))
+    project[version] = entry
+    fsutil.write_file(path, serialise(project).encode(), 0o644)
+    return (version, path), notes

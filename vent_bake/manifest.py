@@ -42,7 +42,7 @@ def inputs_digest(cluster_text: bytes, state: State, cluster) -> str:
     return h.hexdigest()
 
 
-def render(inputs: str, tree: dict[str, bytes]) -> bytes:
+def serialise(inputs: str, tree: dict[str, bytes]) -> bytes:
     lines = [f"{HEADER}{inputs}"] + [f"{hashlib.sha256(tree[p]).hexdigest()}  {p}" for p in sorted(tree)]
     return ("\n".join(lines) + "\n").encode()
 

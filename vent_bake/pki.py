@@ -5,6 +5,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -116,22 +117,85 @@ def extension(cert: x509.Certificate, kind):
         return None
 
 
-def fits(cert: x509.Certificate, spec: CertSpec, algorithm: str, ca_cert: x509.Certificate | None) -> bool:
-    """Does this certificate still say what `spec` asks, issued by this CA with this key type?
+def misfit(cert: x509.Certificate, spec: CertSpec, algorithm: str, ca_cert: x509.Certificate | None) -> str | None:
+    """Why this certificate no longer says what `spec` asks, issued by this CA with this key
+    type; None when it does.
 
     A CA that was re-keyed changes its subject key identifier, so comparing the authority key
     identifier is enough to find the certificates it no longer vouches for.
     """
-    if cert.subject != subject(spec) or not key_fits(cert.public_key(), algorithm):
-        return False
+    if cert.subject != subject(spec):
+        return f"its subject is {cert.subject.rfc4514_string()}, not {subject(spec).rfc4514_string()}"
+    if not key_fits(cert.public_key(), algorithm):
+        return f"its key is not {algorithm}"
     signer = ca_cert or cert
     aki = extension(cert, x509.AuthorityKeyIdentifier)
     ski = extension(signer, x509.SubjectKeyIdentifier)
     if aki is None or ski is None or aki.key_identifier != ski.digest or cert.issuer != signer.subject:
-        return False
+        return "its CA was replaced"
     if spec.is_ca:
-        return True
+        return None
     san = extension(cert, x509.SubjectAlternativeName)
     have = set(san) if san else set()
+    if have != set(_sans(spec)):
+        return "its names or addresses changed"
     eku = extension(cert, x509.ExtendedKeyUsage)
-    return have == set(_sans(spec)) and eku is not None and set(eku) == set(_usages(spec))
+    if eku is None or set(eku) != set(_usages(spec)):
+        return "its usages changed"
+    return None
+
+
+# --- judging the files of a state ------------------------------------------------------------------
+
+def certificate_name(state_path: str) -> str | None:
+    """The certificate (or key) a state file belongs to: pki/nodes/w-0.key -> nodes/w-0."""
+    if state_path.startswith("pki/") and state_path.endswith((".key", ".crt")):
+        return state_path[len("pki/"):-len(".key")]
+    return None
+
+
+def _load(kind: str, data: bytes | None):
+    if data is None:
+        return None
+    try:
+        if kind == "key":
+            return serialization.load_pem_private_key(data, None)
+        return x509.load_pem_x509_certificate(data)
+    except (ValueError, TypeError):
+        return False
+
+
+def audit(files: dict[str, bytes], names: list[str]) -> dict[str, str]:
+    """What is wrong with each named key or certificate of a state (pki/<name>.key|.crt): not
+    PEM, not its partner's pair, or not signed by a CA of the state."""
+    out: dict[str, str] = {}
+    cas = {}
+    for path, data in files.items():
+        cert = _load("crt", data) if path.endswith(".crt") else None
+        if cert and cert.issuer == cert.subject:
+            cas[extension(cert, x509.SubjectKeyIdentifier).digest] = (path, cert)
+    for path in names:
+        stem, kind = path[:-len(".key")], path[-3:]
+        other = f"{stem}.{'crt' if kind == 'key' else 'key'}"
+        this = _load(kind, files.get(path))
+        partner = _load("crt" if kind == "key" else "key", files.get(other))
+        if this is False:
+            out[path] = "not a PEM private key" if kind == "key" else "not a PEM certificate"
+        elif partner is None and stem != "pki/service-accounts":
+            out[path] = f"{other} is missing"
+        elif partner is False:
+            out[path] = f"{other} is damaged"
+        elif partner is not None:
+            key, cert = (this, partner) if kind == "key" else (partner, this)
+            if key.public_key() != cert.public_key():
+                out[path] = f"it and {other} are not a pair"
+            elif kind == "crt" and cert.issuer != cert.subject:
+                aki = extension(cert, x509.AuthorityKeyIdentifier)
+                issuer = cas.get(aki.key_identifier if aki else None)
+                try:
+                    if issuer is None:
+                        raise ValueError
+                    cert.verify_directly_issued_by(issuer[1])
+                except (ValueError, TypeError, InvalidSignature):
+                    out[path] = "not signed by a CA of this state"
+    return out

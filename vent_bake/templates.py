@@ -1,15 +1,18 @@
 """The template files: cloudinit/, units/, manifests/ and configs/ at the top of the repository.
 
 A wheel carries them under vent_bake/templates/ (see pyproject.toml); a source checkout reads
-them where they are. Values are quoted by the templates themselves (`tojson` yields a valid
-YAML double-quoted scalar); Python only passes values.
+them where they are. Each is read and compiled once per process, and never looked at again
+(no auto-reload): a render reads no file. Values are quoted by the templates themselves
+(`tojson` yields a valid YAML double-quoted scalar, `sh` a shell word); Python only passes
+values.
 """
 
 from functools import cache
 from pathlib import Path
 
+import shlex
+
 import jinja2
-from jinja2 import meta
 
 _PACKAGE = Path(__file__).parent
 
@@ -21,14 +24,18 @@ def root() -> Path:
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(root()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        auto_reload=False,
+        cache_size=-1,
     )
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    return env
 
 
 def render(template: str, **values) -> str:
@@ -53,13 +60,3 @@ def without_comments(script: str) -> str:
 @cache
 def _text(name: str) -> str:
     return (root() / name).read_text()
-
-
-@cache
-def variables(template: str) -> frozenset[str]:
-    """The names a template reads: what its output can depend on."""
-    if template.endswith(".sh"):
-        return frozenset()
-    env = _env()
-    source = env.loader.get_source(env, template)[0]
-    return frozenset(meta.find_undeclared_variables(env.parse(source)))

@@ -1,10 +1,10 @@
 """One `#cloud-config` per node: write what the node cannot fetch, then fetch the rest and boot.
 
 The budgets (16 KiB, 8 KiB for a worker) hold a node's keys and little else, so the userdata
-carries only its secrets and the files components.INLINE names. Every other file goes on the
-node's fetch list, `nodes/<host>/fetch.list` ("sha256 mode path" per line), published with
-the artifacts; the userdata pins the list's sha256, and the fetch script checks every file
-against the list before it installs any.
+carries only the files marked `carried` (its secrets, and what it needs before it can fetch).
+Every other file goes on the node's fetch list, `nodes/<host>/fetch.list` ("sha256 mode path"
+per line), published with the artifacts; the userdata pins the list's sha256, and the fetch
+script checks every file against the list before it installs any.
 
 Each carried file becomes one write_files entry, in the form that keeps the userdata small and
 the review readable:
@@ -19,10 +19,11 @@ The artifacts tree holds every file, carried or fetched, as plain text beside th
 import base64
 import gzip
 import hashlib
-from functools import cache
 
 from vent_bake import components, secrets, templates
-from vent_bake.bundle import NodeBundle
+from vent_bake.bundle import File
+from vent_bake.config import Node
+from vent_bake.errors import VentError
 
 BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}  # bytes of revealed userdata
 FETCH = f"{components.LIB}/fetch"
@@ -31,25 +32,14 @@ FETCH = f"{components.LIB}/fetch"
 SMALLEST_WORTH_PACKING = 512
 
 
-# Most files are the same object on every node of a role (render.Context): a thousand nodes
-# should not cost a thousand scans and digests of each.
-@cache
-def carried(path: str, content: str) -> bool:
-    """Is this file in the userdata itself rather than on the fetch list?"""
-    return path in components.INLINE or bool(secrets.markers(content))
+def _listed(path: str, f: File) -> str:
+    if secrets.markers(f.content):
+        raise VentError(f"{path} holds a secret but is not carried by the userdata: secrets never go on a fetch list")
+    return f"{hashlib.sha256(f.content.encode()).hexdigest()} 0{f.mode:o} {path}\n"
 
 
-@cache
-def _listed(path: str, content: str, mode: int) -> str:
-    return f"{hashlib.sha256(content.encode()).hexdigest()} 0{mode:o} {path}\n"
-
-
-def _entry(ctx, path: str, content: str, mode: int) -> str:
-    """One write_files entry, rendered once for every node that has the same file."""
-    key = (path, mode, content)
-    if key not in ctx.entries:
-        ctx.entries[key] = templates.render("cloudinit/write-file.yaml", **_form(path, content, mode))
-    return ctx.entries[key]
+def _entry(path: str, f: File) -> str:
+    return templates.render("cloudinit/write-file.yaml", **_form(path, f.content, f.mode))
 
 
 def _form(path: str, content: str, mode: int) -> dict:
@@ -66,19 +56,17 @@ def _form(path: str, content: str, mode: int) -> dict:
     return entry | {"block": block, "content": content}
 
 
-def fetch_list(nb: NodeBundle) -> str:
-    return "".join(_listed(path, f.content, f.mode) for path, f in sorted(nb.files.items()) if not carried(path, f.content))
-
-
-def render(ctx, nb: NodeBundle) -> None:
-    """Fill in the node's fetch list and its userdata."""
-    nb.fetch_list = fetch_list(nb)
-    entries = [_entry(ctx, path, f.content, f.mode) for path, f in sorted(nb.files.items()) if carried(path, f.content)]
-    nb.userdata = templates.render(
+def render(ctx, node: Node, files: dict[str, File]) -> tuple[str, str]:
+    """(the node's userdata, its fetch list). ctx: the render's context.Context; most files are
+    the same on every node of a role, so each line and entry is made once per render."""
+    fetch_list = "".join(ctx.memo(("listed", path, f), lambda: _listed(path, f)) for path, f in sorted(files.items()) if not f.carried)
+    entries = [ctx.memo(("entry", path, f), lambda: _entry(path, f)) for path, f in sorted(files.items()) if f.carried]
+    userdata = templates.render(
         "cloudinit/userdata.yaml",
         entries=entries,
         fetch=FETCH,
-        base_url=f"{ctx.cluster.boot.artifacts_base}nodes/{nb.node.name}/",
-        list_sha256=hashlib.sha256(nb.fetch_list.encode()).hexdigest(),
-        **ctx.node_values(nb.node),
+        base_url=f"{ctx.cluster.boot.artifacts_base}nodes/{node.name}/",
+        list_sha256=hashlib.sha256(fetch_list.encode()).hexdigest(),
+        **ctx.node_values(node),
     )
+    return userdata, fetch_list

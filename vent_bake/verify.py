@@ -8,7 +8,6 @@ certificate that expires within --days, a userdata over its size budget.
 import base64
 import datetime
 import hashlib
-import ipaddress
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import bake, certs, manifest, pki, secrets, userdata
+from vent_bake import artifacts, certs, credentials, manifest, pki, render, secrets, userdata
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.pki import CertSpec
@@ -38,7 +37,7 @@ class Finding:
 
 
 @dataclass
-class Bundle:
+class Inspection:
     """What verify reads: the cluster, the state, and the artifacts tree as it is on disk."""
 
     cluster: Cluster
@@ -56,12 +55,12 @@ class Bundle:
         return {p[len(prefix):]: d.decode(errors="replace") for p, d in self.tree.items() if p.startswith(prefix + "/")}
 
 
-def load(paths: bake.Paths, days: int = 30) -> Bundle:
-    text, cluster, state = bake.load(paths)
-    return Bundle(cluster, state, bake.read_artifacts(paths.out), manifest.inputs_digest(text, state, cluster), days)
+def inspect(ws, days: int = 30) -> Inspection:
+    """The workspace's bundle as verify reads it (ws: an opened workspace.Workspace)."""
+    return Inspection(ws.cluster, ws.state, artifacts.read(ws.paths.out), manifest.inputs_digest(ws.text, ws.state, ws.cluster), days)
 
 
-def run(bundle: Bundle) -> list[Finding]:
+def run(bundle: Inspection) -> list[Finding]:
     checks = (check_manifest, check_certificates, check_kubeconfigs, check_references,
               check_secrets, check_privilege, check_fetch, check_sizes, check_ranges)
     return [finding for check in checks for finding in check(bundle)]
@@ -78,8 +77,8 @@ def report(findings: list[Finding], as_json: bool) -> str:
 
 # --- the manifest: rendered from these inputs, unaltered since --------------------------------
 
-def check_manifest(b: Bundle):
-    found = bake.examine(b.tree, b.inputs)
+def check_manifest(b: Inspection):
+    found = artifacts.examine(b.tree, b.inputs)
     if found.listed is None:
         yield Finding("manifest", manifest.NAME, "missing or unreadable; run `vent-bake render`")
         return
@@ -99,11 +98,11 @@ def _load_cert(data: bytes | None):
         return None
 
 
-def check_certificates(b: Bundle):
+def check_certificates(b: Inspection):
     now = datetime.datetime.now(datetime.timezone.utc)
     soon = now + datetime.timedelta(days=b.days)
     cas = {name: _load_cert(b.tree.get(f"pki/{name}.crt")) for name in (certs.CLUSTER_CA, certs.ETCD_CA)}
-    for spec in certs.plan(b.cluster, bake.render.addresses(b.cluster, b.state)):
+    for spec in certs.plan(b.cluster, render.addresses(b.cluster, b.state)):
         where = f"pki/{spec.name}.crt"
         cert = _load_cert(b.tree.get(where))
         if cert is None:
@@ -153,20 +152,17 @@ def _spec_mismatches(cert: x509.Certificate, spec: CertSpec):
 
 # --- kubeconfigs -------------------------------------------------------------------------------
 
-def _kubeconfigs(b: Bundle):
+def _kubeconfigs(b: Inspection):
     """(where, expected user, the document, files of the node it lives on or None)."""
     yield "admin.kubeconfig", "admin", b.text("admin.kubeconfig"), None
     for node in b.cluster.nodes:
         files = b.node_files(node.name)
-        expected = {"/var/lib/kubelet/kubeconfig": f"system:node:{node.name}", "/var/lib/kube-proxy/kubeconfig": "system:kube-proxy",
-                    "/var/lib/flannel/kubeconfig": certs.FLANNEL_USER}
-        if b.cluster.role(node) == "controller":
-            expected |= {f"/var/lib/kubernetes/{n}.kubeconfig": f"system:{n}" for n in ("kube-controller-manager", "kube-scheduler")}
-        for path, user in expected.items():
-            yield f"nodes/{node.name}/files{path}", user, files.get(path), files
+        for identity in credentials.identities(b.cluster, node):
+            if identity.kubeconfig:
+                yield f"nodes/{node.name}/files{identity.kubeconfig}", identity.user, files.get(identity.kubeconfig), files
 
 
-def check_kubeconfigs(b: Bundle):
+def check_kubeconfigs(b: Inspection):
     api = _load_cert(b.tree.get("pki/kube-apiserver.crt"))
     san = pki.extension(api, x509.SubjectAlternativeName) if api else None
     names = {str(n.value) for n in san} if san else set()
@@ -174,8 +170,12 @@ def check_kubeconfigs(b: Bundle):
         if text is None:
             yield Finding("kubeconfig", where, "missing")
             continue
-        doc = yaml.safe_load(text)
-        cluster, account = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
+        try:
+            doc = yaml.safe_load(text)
+            cluster, account = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
+        except (yaml.YAMLError, KeyError, IndexError, TypeError):
+            yield Finding("kubeconfig", where, "not a kubeconfig (no cluster and user)")
+            continue
         host = urlsplit(cluster["server"]).hostname
         if host not in names:
             yield Finding("kubeconfig", where, f"its server {cluster['server']} is not named by the apiserver certificate")
@@ -213,7 +213,7 @@ def _installed(files: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def check_references(b: Bundle):
+def check_references(b: Inspection):
     for node in b.cluster.nodes:
         files = b.node_files(node.name)
         installed = _installed(files)
@@ -236,7 +236,7 @@ def check_references(b: Bundle):
 
 # --- secrets ------------------------------------------------------------------------------------
 
-def check_secrets(b: Bundle):
+def check_secrets(b: Inspection):
     values = {name: data for name, data in b.state.files.items() if name.endswith(".key") or name.startswith("secrets/")}
     for path, data in sorted(b.tree.items()):
         text = data.decode(errors="replace")
@@ -256,28 +256,21 @@ def check_secrets(b: Bundle):
 
 # --- least privilege ----------------------------------------------------------------------------
 
-def check_privilege(b: Bundle):
+def check_privilege(b: Inspection):
     for node in b.cluster.nodes:
         text = b.text(f"nodes/{node.name}/userdata")
         if text is None:
             yield Finding("privilege", f"nodes/{node.name}", "has no userdata")
             continue
         names = {m["name"] for m in secrets.markers(text)}
-        allowed = {certs.key_path(certs.node_cert(node.name)), certs.key_path("kube-proxy"), certs.key_path("flannel")}
-        if b.cluster.role(node) == "controller":
-            allowed |= {certs.key_path(n) for n in (certs.CLUSTER_CA, "kube-controller-manager", "kube-scheduler", "kube-apiserver",
-                                                    "apiserver-kubelet-client", "apiserver-etcd-client")}
-            allowed |= {certs.key_path(certs.etcd_cert(node.name, k)) for k in ("server", "peer")}
-            allowed |= {certs.SERVICE_ACCOUNT_KEY, "secrets/encryption.key"}
-            if b.cluster.is_first_controller(node):
-                allowed.add(certs.key_path("admin"))
+        allowed = credentials.secrets(b.cluster, node)
         for name in sorted(names - allowed):
             yield Finding("privilege", f"nodes/{node.name}/userdata", f"carries {name}, which a {b.cluster.role(node)} must not hold")
 
 
 # --- fetch: the userdata pins the list, the list pins every file the userdata does not carry ---
 
-def check_fetch(b: Bundle):
+def check_fetch(b: Inspection):
     for node in b.cluster.nodes:
         here = f"nodes/{node.name}"
         listed, text = b.tree.get(f"{here}/fetch.list"), b.text(f"{here}/userdata")
@@ -314,7 +307,7 @@ def check_fetch(b: Bundle):
 
 # --- sizes ----------------------------------------------------------------------------------------
 
-def check_sizes(b: Bundle):
+def check_sizes(b: Inspection):
     for node in b.cluster.nodes:
         text = b.text(f"nodes/{node.name}/userdata")
         if text is None:
@@ -336,9 +329,9 @@ def _flag(text: str, name: str) -> str | None:
     return m[1] if m else None
 
 
-def check_ranges(b: Bundle):
+def check_ranges(b: Inspection):
     net = b.cluster.network
-    addresses = bake.render.addresses(b.cluster, b.state)
+    addresses = render.addresses(b.cluster, b.state)
     dns = certs.dns_ip(b.cluster)
     for node in b.cluster.nodes:
         files = b.node_files(node.name)
@@ -361,6 +354,3 @@ def check_ranges(b: Bundle):
         for path, have, want, what in expect:
             if have != want:
                 yield Finding("ranges", here + path, f"{what} is {have}, the cluster file says {want}")
-        for addr in addresses.values():
-            if ipaddress.ip_address(addr) in ipaddress.ip_network(net.pod_cidr) or ipaddress.ip_address(addr) in ipaddress.ip_network(net.service_cidr):
-                yield Finding("ranges", "cluster", f"node address {addr} lies inside the pod or service range")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vent_bake import bake, binaries, render
+from vent_bake import artifacts, binaries, manifest, render, workspace
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.lab import image, mirror, network, nodes, plan
@@ -43,16 +43,23 @@ def base() -> Path:
 
 @dataclass
 class Lab:
-    paths: bake.Paths
-    text: bytes
+    paths: workspace.Paths
     cluster: Cluster
     state: State
     nodes: list[LabNode]
+    userdata: dict[str, str] | None  # each node's bootable userdata; None if the artifacts are not as reviewed
+    problem: VentError | None  # why not
 
     @classmethod
-    def load(cls, paths: bake.Paths) -> "Lab":
-        text, cluster, state = bake.load(paths)
-        return cls(paths, text, cluster, state, plan.layout(cluster, render.addresses(cluster, state)))
+    def load(cls, paths: workspace.Paths, say: Callable[[str], None]) -> "Lab":
+        with workspace.opened(paths, write=False, say=say) as ws:
+            cluster, state = ws.cluster, ws.state
+            try:
+                tree = artifacts.reviewed(paths.out, manifest.inputs_digest(ws.text, state, cluster))
+                userdata, problem = {n.name: artifacts.revealed(tree, cluster, state, n.name) for n in cluster.nodes}, None
+            except VentError as exc:
+                userdata, problem = None, exc
+        return cls(paths, cluster, state, plan.layout(cluster, render.addresses(cluster, state)), userdata, problem)
 
     @property
     def name(self) -> str:
@@ -137,7 +144,9 @@ def _publish_metadata(lab: Lab, node: LabNode, assigned: bool) -> None:
 def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: float = 600, source: str | None = None) -> None:
     check_host()
     check_bundle(lab)
-    userdata = bake.revealed_all(bake.reviewed(lab.paths, lab.text, lab.cluster, lab.state), lab.cluster, lab.state)
+    if lab.problem:
+        raise lab.problem
+    userdata = lab.userdata
     targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
     mirror.fill(lab.cluster, lab.paths.cluster.parent / mirror.MIRROR_DIR, source, say)
     golden = image.golden(base() / "cache", say)

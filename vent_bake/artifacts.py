@@ -1,0 +1,153 @@
+"""The artifacts directory on disk: reading it, writing it atomically, measuring it against its
+MANIFEST, and revealing a node's userdata from it, checked.
+
+What boots must be what was reviewed: `reviewed` refuses a tree that is stale against the
+inputs or altered since the render, and `revealed` refuses any secret a node's role may not
+hold, whatever its userdata says.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from vent_bake import credentials, fsutil, manifest, secrets
+from vent_bake.config import Cluster
+from vent_bake.errors import VentError
+from vent_bake.state import ARTIFACTS_CACHE, State
+
+# Top-level entries of the artifacts directory that vent-bake owns; anything else there (a
+# README, .gitattributes) is the operator's and is kept.
+ENTRIES = frozenset({"admin.kubeconfig", "pki", "nodes", manifest.NAME})
+
+
+def read(out: Path) -> dict[str, bytes]:
+    """vent-bake's part of the artifacts directory."""
+    try:
+        return {p: d for p, d in fsutil.read_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
+    except OSError as exc:
+        raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
+
+
+def write(out: Path, tree: dict[str, bytes]) -> None:
+    """Replace vent-bake's part of the artifacts directory, keeping the operator's own files."""
+    try:
+        theirs = sorted(e for e in os.listdir(out) if e not in ENTRIES) if out.is_dir() else []
+        fsutil.replace_tree(out, tree, carry_over=theirs)
+    except OSError as exc:
+        raise VentError(f"{out}: cannot write the artifacts ({exc}); the previous artifacts are unchanged") from None
+
+
+@dataclass(frozen=True)
+class Examination:
+    """The artifacts measured against their MANIFEST and the current inputs."""
+
+    listed: dict[str, str] | None  # path -> sha256 as MANIFEST lists them; None: no manifest
+    stale: bool  # rendered from other inputs
+    altered: list[str]  # missing, changed or unlisted since the render
+    tree: dict[str, bytes]  # the artifacts, MANIFEST left out
+
+    @property
+    def intact(self) -> bool:
+        return self.listed is not None and not self.stale and not self.altered
+
+
+def examine(tree: dict[str, bytes], inputs: str) -> Examination:
+    """Compare an artifacts tree (as `read` reads it) with its MANIFEST and the inputs."""
+    tree = dict(tree)
+    listed = manifest.parse(tree.pop(manifest.NAME, b""))
+    if listed is None:
+        return Examination(None, False, [], tree)
+    return Examination(listed[1], listed[0] != inputs, manifest.altered(listed[1], tree), tree)
+
+
+def reviewed(out: Path, inputs: str) -> dict[str, bytes]:
+    """The artifacts tree, if it is exactly what these inputs render; else an error naming the
+    command to run."""
+    found = examine(read(out), inputs)
+    if found.listed is None:
+        raise VentError(f"{out}: no rendered artifacts: run `vent-bake render` and review them")
+    if found.stale:
+        raise VentError(f"{out}: the artifacts are stale against the cluster file and state: run `vent-bake render` and review the change")
+    if found.altered:
+        raise VentError(f"{out}/{found.altered[0]}: changed since it was rendered and reviewed: run `vent-bake render`")
+    return found.tree
+
+
+def reveal(text: str, state: State, where: str) -> str:
+    return secrets.reveal(text, state.secret, where)
+
+
+def revealed(tree: dict[str, bytes], cluster: Cluster, state: State, host: str) -> str:
+    """A node's bootable userdata from a reviewed tree: every marker checked against the state
+    and filled in, and none naming a secret the node's role may not hold."""
+    where = f"nodes/{host}/userdata"
+    try:
+        text = tree[where].decode()
+    except KeyError:
+        raise VentError(f"{where}: no userdata for node {host!r}; run `vent-bake render` first") from None
+    allowed = credentials.secrets(cluster, cluster.node(host))
+    for m in secrets.markers(text):
+        if m["name"] not in allowed:
+            raise VentError(f"{where}: carries {m['name']}, which a {cluster.role(cluster.node(host))} must not hold;"
+                            " nothing was revealed. Render again and review who changed the artifacts")
+    return reveal(text, state, where)
+
+
+def revealed_size(reviewed_text: str, state: State, host: str) -> int:
+    return len(reveal(reviewed_text, state, f"nodes/{host}/userdata").encode())
+
+
+# --- a warm render reads nothing it need not --------------------------------------------------
+
+def unchanged_sizes(out: Path, inputs: str, cluster: Cluster, state: State) -> dict[str, int] | None:
+    """Each node's userdata size, if the artifacts are exactly what these inputs render; else None.
+
+    Like git's index: when every file has the size and mtime it had when last known good,
+    nothing was touched; otherwise every file is checked against its digest in the manifest.
+    """
+    cached = _cache(state)
+    if cached and cached["inputs"] == inputs and cached["files"] == _stats(out) and not _racy(out, cached, state):
+        return cached["sizes"]
+    if manifest.inputs_of(out / manifest.NAME) != inputs:
+        return None  # something to render: no need to read the old tree
+    found = examine(read(out), inputs)
+    if not found.intact:
+        return None
+    sizes = {n.name: revealed_size(found.tree[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
+    remember(out, inputs, sizes, state)
+    return sizes
+
+
+def _cache(state: State) -> dict | None:
+    """The cache as last written, or None if it is absent or damaged (it is only a shortcut)."""
+    try:
+        cached = json.loads(state.get(ARTIFACTS_CACHE) or "null")
+        if isinstance(cached, dict) and {"inputs", "files", "sizes"} <= cached.keys():
+            return cached
+    except ValueError:
+        pass
+    return None
+
+
+def _racy(out: Path, cached: dict, state: State) -> bool:
+    """Whether a file written in the same clock tick as the cache was edited since: a file whose
+    mtime is not older than the cache's cannot be trusted by its stat alone (git calls it
+    "racily clean"), so its content is checked against the manifest."""
+    since = os.stat(state.root / ARTIFACTS_CACHE).st_mtime_ns
+    suspects = [p for p, (_, mtime) in cached["files"].items() if mtime >= since]
+    if not suspects:
+        return False
+    listed = manifest.parse((out / manifest.NAME).read_bytes())
+    digests = listed[1] if listed else {}
+    return any(p != manifest.NAME and digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest() for p in suspects)
+
+
+def _stats(out: Path) -> dict[str, list[int]]:
+    return {p: st for p, st in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
+
+
+def remember(out: Path, inputs: str, sizes: dict[str, int], state: State) -> None:
+    record = {"inputs": inputs, "sizes": sizes, "files": _stats(out)}
+    state.write_now(ARTIFACTS_CACHE, json.dumps(record, separators=(",", ":")).encode())
