@@ -90,7 +90,7 @@ def main():
             print(f"{n:>6} {wall:>7.2f} {sum(calls.values()):>6}  " + "  ".join(f"{calls.get(k, 0):>{len(k)}}" for k in kinds))
         wall, calls = results[100]
         per_node = {n: sum(c.values()) / n for n, (_, c) in results.items()}
-        print(f"calls per node: " + ", ".join(f"{n}: {v:.2f}" for n, v in per_node.items()))
+        print("calls per node: " + ", ".join(f"{n}: {v:.2f}" for n, v in per_node.items()))
         verdict = "meets" if wall <= TARGET_SECONDS else "MISSES"
         print(f"target: 100 nodes in at most {TARGET_SECONDS:.0f} s: {wall:.2f} s, {verdict} target")
         default, _ = bench(base, 100, args.latency, DEFAULT_CONCURRENCY)

@@ -6,14 +6,16 @@ set -euo pipefail
 KUBECTL=(/usr/local/bin/kubectl --kubeconfig=/var/lib/kubernetes/admin.kubeconfig)
 ADDONS=${VENT_ADDONS:-/etc/vent/addons}
 
+# shellcheck source=/dev/null
+. "$(dirname "$0")/lib.sh" vent-addons
+
 for attempt in $(seq 1 180); do
     if "${KUBECTL[@]}" get --raw /readyz >/dev/null 2>&1; then
         "${KUBECTL[@]}" apply -f "$ADDONS"
-        echo "vent-addons: applied $ADDONS" >&2
+        log "applied $ADDONS"
         exit 0
     fi
-    [ $((attempt % 6)) -eq 0 ] && echo "vent-addons: waiting for the API (attempt $attempt)" >&2
+    [ $((attempt % 6)) -eq 0 ] && log "waiting for the API (attempt $attempt)"
     sleep 10
 done
-echo "vent-addons: the API never answered in 30 minutes" >&2
-exit 1
+fail "the API never answered in 30 minutes"

@@ -15,7 +15,6 @@ set -euo pipefail
 ETC=${VENT_ETC:-/etc/vent}
 STATE=${VENT_STATE:-/var/lib/vent}
 ROOT=${VENT_ROOT:-/}
-PACKAGES="ca-certificates curl socat conntrack ipset iptables nftables haproxy iproute2 python3"
 
 # shellcheck source=/dev/null
 . "$(dirname "$0")/lib.sh" vent-boot
@@ -29,7 +28,8 @@ step_prep() {
     swapoff -a
     sed -i -E '/^[^#].*[[:space:]]swap[[:space:]]/ s/^/#/' /etc/fstab
     local package missing=()
-    for package in $PACKAGES; do
+    # shellcheck disable=SC2013 # one package name per line
+    for package in $(cat "$ETC/os-packages"); do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] || install_packages "prep" "${missing[@]}"
@@ -41,52 +41,37 @@ step_prep() {
 
 # --- 3. download and verify ------------------------------------------------------------------
 
-# fetch NAME URL ALGORITHM DIGEST: into the staging area, once; kept only if it verifies.
-fetch() {
-    local name=$1 url=$2 algorithm=$3 digest=$4
-    if [ -f "$STATE/downloads/$name" ] && [ "$(cat "$STATE/downloads/$name.$algorithm" 2>/dev/null)" = "$digest" ]; then
-        return 0
-    fi
-    download_verified "download: $name" "$url" "$algorithm" "$digest" "$STATE/downloads/$name" || return 1
-    echo "$digest" >"$STATE/downloads/$name.$algorithm"
-    log "download: $name verified ($algorithm $digest)"
-}
-
 step_download() {
     log "download: every binary, in parallel; nothing is installed before all of them verify"
     mkdir -p "$STATE/downloads"
-    local name url algorithm digest installs pids=() names=() failed=() i
-    while IFS=$'\t' read -r name url algorithm digest installs; do
-        [ -n "$name" ] || continue
-        fetch "$name" "$url" "$algorithm" "$digest" &
-        pids+=($!)
-        names+=("$name")
-    done <"$ETC/downloads.tsv"
-    for i in "${!pids[@]}"; do
-        wait "${pids[$i]}" || failed+=("${names[$i]}")
-    done
-    [ ${#failed[@]} -eq 0 ] || fail "download: ${failed[*]} could not be verified; nothing was installed"
+    local name url algorithm digest installs
+    download_all download < <(
+        while IFS=$'\t' read -r name url algorithm digest installs; do
+            [ -n "$name" ] && printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$url" "$algorithm" "$digest" "$STATE/downloads/$name"
+        done <"$ETC/downloads.tsv"
+    )
 }
 
 # --- install: only verified files, from the staging area --------------------------------------
 
 step_install() {
     log "install: verified binaries"
-    local name url algorithm digest installs file pair dest member tmp
+    local name url algorithm digest installs file pair dest member work="$STATE/extract"
     while IFS=$'\t' read -r name url algorithm digest installs; do
         [ -n "$name" ] || continue
         file="$STATE/downloads/$name"
-        [ "$(cat "$file.$algorithm" 2>/dev/null)" = "$digest" ] || fail "install: $name was not verified; run the download step first"
+        verified "$file" "$algorithm" "$digest" || fail "install: $name was not verified; run the download step first"
         if [[ $installs == *=* ]]; then
-            tmp=$(mktemp -d)
+            rm -rf "$work" # what an interrupted run left
+            mkdir -p "$work"
             IFS=, read -ra pairs <<<"$installs"
             for pair in "${pairs[@]}"; do
                 member=${pair#*=}
-                tar -xzf "$file" -C "$tmp" "$member"
+                tar -xzf "$file" -C "$work" "$member"
                 dest="$ROOT${pair%%=*}"
-                install -D -m 0755 "$tmp/$member" "$dest"
+                install -D -m 0755 "$work/$member" "$dest"
             done
-            rm -rf "$tmp"
+            rm -rf "$work"
         else
             install -D -m 0755 "$file" "$ROOT$installs"
         fi

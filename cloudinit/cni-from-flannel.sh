@@ -7,11 +7,14 @@ set -euo pipefail
 SUBNET_ENV=${FLANNEL_SUBNET_ENV:-/run/flannel/subnet.env}
 CONF=${CNI_CONF:-/etc/cni/net.d/10-flannel.conflist}
 
+# shellcheck source=/dev/null
+. "$(dirname "$0")/lib.sh" cni-from-flannel
+
 for _ in $(seq 1 "${VENT_FLANNEL_WAIT:-60}"); do
     [ -s "$SUBNET_ENV" ] && break
     sleep 1
 done
-[ -s "$SUBNET_ENV" ] || { echo "cni-from-flannel: $SUBNET_ENV never appeared" >&2; exit 1; }
+[ -s "$SUBNET_ENV" ] || fail "$SUBNET_ENV never appeared"
 # shellcheck source=/dev/null
 . "$SUBNET_ENV"
 
@@ -43,3 +46,4 @@ print(json.dumps({
 }, indent=2))
 PY
 mv "$CONF.tmp" "$CONF"
+log "wrote $CONF for $FLANNEL_SUBNET"

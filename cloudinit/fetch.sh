@@ -21,7 +21,7 @@ HERE=$(dirname "$0")
 
 main() {
     [ $# -eq 2 ] || fail "usage: fetch BASE_URL LIST_SHA256"
-    local base=${1%/}/ pin=$2 stage="$STATE/fetch" digest mode path i=0 pids=() paths=() failed=()
+    local base=${1%/}/ pin=$2 stage="$STATE/fetch" digest mode path i=0
     mkdir -p "$(dirname "$LOG")"
     rm -rf "$stage"
     mkdir -p "$stage"
@@ -30,16 +30,12 @@ main() {
     log "fetch: this node's files from $base; none is installed before all of them verify"
     download_verified "fetch: the file list" "${base}fetch.list" sha256 "$pin" "$stage/list" ||
         fail "fetch: no file list with the sha256 this userdata pins ($pin) at ${base}fetch.list; publish the rendered artifacts/ there. Nothing was installed"
-    while read -r digest mode path; do
-        download_verified "fetch: $path" "${base}files$path" sha256 "$digest" "$stage/$i" &
-        pids+=($!)
-        paths+=("$path")
-        i=$((i + 1))
-    done <"$stage/list"
-    for i in "${!pids[@]}"; do
-        wait "${pids[$i]}" || failed+=("${paths[$i]}")
-    done
-    [ ${#failed[@]} -eq 0 ] || fail "fetch: ${failed[*]} could not be verified; nothing was installed"
+    download_all fetch < <(
+        while read -r digest mode path; do
+            printf '%s\t%s\t%s\t%s\t%s\n' "$path" "${base}files$path" sha256 "$digest" "$stage/$i"
+            i=$((i + 1))
+        done <"$stage/list"
+    )
 
     i=0
     while read -r digest mode path; do

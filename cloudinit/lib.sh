@@ -43,6 +43,11 @@ retry() {
     return 1
 }
 
+# verified FILE ALGORITHM DIGEST: is FILE there, with that digest?
+verified() {
+    [ -f "$1" ] && [ "$("${2}sum" "$1" | cut -d' ' -f1)" = "$3" ]
+}
+
 # download_verified LABEL URL ALGORITHM DIGEST OUT: OUT appears only once its content matches
 # the pinned digest; a failed download or a mismatch is retried, then returns 1.
 download_verified() {
@@ -59,6 +64,26 @@ _download() {
         return 1
     fi
     mv "$out.part" "$out"
+    log "$label verified ($algorithm $digest)"
+}
+
+# download_all WHAT: every "LABEL URL ALGORITHM DIGEST OUT" line on stdin (tab-separated) to
+# OUT, all at once, each kept only once it verifies (one already there with its digest is
+# kept as it is). If any cannot be verified the script stops, naming them: nothing is
+# installed before everything has verified.
+download_all() {
+    local what=$1 label url algorithm digest out pids=() labels=() failed=() i
+    while IFS=$'\t' read -r label url algorithm digest out; do
+        [ -n "$label" ] || continue
+        verified "$out" "$algorithm" "$digest" && continue
+        download_verified "$what: $label" "$url" "$algorithm" "$digest" "$out" &
+        pids+=($!)
+        labels+=("$label")
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || failed+=("${labels[$i]}")
+    done
+    [ ${#failed[@]} -eq 0 ] || fail "$what: ${failed[*]} could not be verified; nothing was installed"
 }
 
 # install_packages LABEL PACKAGE...: from the OS's own repositories.

@@ -26,14 +26,17 @@ metadata() {
     curl -fsS --connect-timeout 5 --max-time 15 "$METADATA_URL"
 }
 
-# "ADDRESS CIDR GATEWAY" of the private IPv4 address, from the metadata JSON on stdin.
+# "ADDRESS CIDR GATEWAY" of the private IPv4 address, from the metadata JSON on stdin; fails
+# when the metadata names none, so that the bond0 alias is asked instead.
 private_from_metadata() {
     python3 -c '
 import json, sys
 for a in json.load(sys.stdin)["network"]["addresses"]:
     if a["address_family"] == 4 and not a["public"]:
         print(a["address"], a["cidr"], a["gateway"])
-        break'
+        break
+else:
+    sys.exit(1)'
 }
 
 # The same from the alias on bond0; on a /31 the gateway is the other address.

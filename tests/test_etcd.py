@@ -24,14 +24,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client, config as kube_config
 
-from conftest import cli
-from test_kubeconfigs import revealed as revealed_kubeconfig
-from test_userdata import node_root
+from conftest import cli, node_root, revealed_kubeconfig
 from tools import need
 from vent_bake import pki
 from vent_bake.pki import CertSpec

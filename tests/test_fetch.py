@@ -2,7 +2,6 @@
 on a local HTTP server: it installs the node's files only once every one of them matches the
 list its userdata pins, and only then hands over to the boot script."""
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,25 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import run_fetch
 from tools import need
 
 NODE = "worker-0"
-
-
-def run_fetch(scripts: Path, work: Path, root: Path, base: str, pin: str, attempts: int = 1) -> subprocess.CompletedProcess:
-    """The node's own fetch script (from `scripts`, lib.sh beside it), run as its runcmd runs it,
-    installing under root. A stub stands in for the boot script it hands over to: it leaves
-    work/state/handed-over. The log is work/fetch.log."""
-    bin_dir = work / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("fetch", "lib.sh"):
-        shutil.copy(scripts / name, bin_dir / name)
-    (bin_dir / "fetch").chmod(0o755)
-    (bin_dir / "boot").write_text('#!/bin/sh\ntouch "$VENT_STATE/handed-over"\n')
-    (bin_dir / "boot").chmod(0o755)
-    env = dict(os.environ, VENT_ROOT=str(root), VENT_STATE=str(work / "state"), VENT_LOG=str(work / "fetch.log"),
-               VENT_CONSOLE="/dev/null", VENT_ATTEMPTS=str(attempts), VENT_BACKOFF="0")
-    return subprocess.run([bin_dir / "fetch", base, pin], env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

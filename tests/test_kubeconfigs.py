@@ -1,7 +1,6 @@
 """Every kubeconfig, revealed as a node gets it, loads in the Kubernetes client as the right identity."""
 
 import base64
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from kubernetes import client, config as kube_config
 
-from vent_bake import fsutil, secrets
+from conftest import revealed_kubeconfig
+from tools import need
+from vent_bake import secrets
 from vent_bake.state import State
 
 # kubeconfig (under artifacts/) -> (user, server)
@@ -27,40 +28,12 @@ KUBECONFIGS = {
     "nodes/worker-1/files/var/lib/kubelet/kubeconfig": ("system:node:worker-1", BALANCER),
     "nodes/controller-2/files/var/lib/kubelet/kubeconfig": ("system:node:controller-2", BALANCER),
 }
-FILE_KEYS = ("certificate-authority", "client-certificate", "client-key")
-
-
-def revealed(rendered: Path, rel: str, tmp_path: Path) -> Path:
-    """The kubeconfig as its user gets it. A node's kubeconfig names files on the node: the
-    node's files are revealed under tmp_path, and the names pointed there."""
-    state = State.load(rendered / ".vent")
-    text = (rendered / "artifacts" / rel).read_text()
-    if not rel.startswith("nodes/"):
-        assert len(secrets.markers(text)) == 1, "the client key is the kubeconfig's only secret"
-        path = tmp_path / "kubeconfig"
-        path.write_text(secrets.reveal(text, state.secret, rel))
-        return path
-    assert not secrets.markers(text), "a node's kubeconfig holds no secret: it names the key file"
-    node_root = rendered / "artifacts" / "/".join(rel.split("/")[:3])
-    for name, data in fsutil.read_tree(node_root).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(secrets.reveal(data.decode(), state.secret, name))
-    doc = yaml.safe_load(text)
-    for section in ("cluster", "user"):
-        entry = doc[f"{section}s"][0][section]
-        for key in FILE_KEYS:
-            if key in entry:
-                assert (tmp_path / entry[key].lstrip("/")).is_file(), f"{entry[key]} is not among the node's files"
-                entry[key] = str(tmp_path / entry[key].lstrip("/"))
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump(doc))
-    return path
 
 
 @pytest.mark.parametrize("rel", sorted(KUBECONFIGS))
 def test_kubeconfig_loads_as_its_identity(rendered, rel, tmp_path):
     user, server = KUBECONFIGS[rel]
-    path = revealed(rendered, rel, tmp_path)
+    path = revealed_kubeconfig(rendered, rel, tmp_path)
     doc = yaml.safe_load(path.read_text())
     assert doc["clusters"][0]["name"] == "vent" and doc["users"][0]["name"] == user
 
@@ -76,10 +49,10 @@ def test_kubeconfig_loads_as_its_identity(rendered, rel, tmp_path):
     assert out.stdout.encode() == spki
 
 
-@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed on this machine")
 def test_admin_kubeconfig_in_kubectl(rendered):
+    (kubectl,) = need("kubectl")
     out = subprocess.run(
-        ["kubectl", "config", "view", "--raw", "--minify", "--kubeconfig", str(rendered / ".vent/admin.kubeconfig")],
+        [kubectl, "config", "view", "--raw", "--minify", "--kubeconfig", str(rendered / ".vent/admin.kubeconfig")],
         capture_output=True, text=True, check=True,
     )
     view = yaml.safe_load(out.stdout)
@@ -89,7 +62,7 @@ def test_admin_kubeconfig_in_kubectl(rendered):
 
 
 def test_state_admin_kubeconfig_is_the_revealed_artifact(rendered, tmp_path):
-    assert revealed(rendered, "admin.kubeconfig", tmp_path).read_text() == (rendered / ".vent/admin.kubeconfig").read_text()
+    assert revealed_kubeconfig(rendered, "admin.kubeconfig", tmp_path).read_text() == (rendered / ".vent/admin.kubeconfig").read_text()
 
 
 def test_encryption_config(rendered):

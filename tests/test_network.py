@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
-from test_userdata import node_root
+from conftest import cli, node_root
 from tools import need
 
 TAG = f"vbn{os.getpid() % 100000}"

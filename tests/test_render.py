@@ -2,10 +2,12 @@
 
 import base64
 import gzip
-import json
 import os
+import resource
+import signal
 import stat
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -92,24 +94,31 @@ def test_invalid_cluster_file_leaves_everything_as_it_was(fresh):
     assert tree(fresh / "artifacts") == artifacts and tree(fresh / ".vent") == state
 
 
-def test_failure_while_writing_leaves_the_previous_artifacts(fresh, monkeypatch):
-    artifacts = tree(fresh / "artifacts")
+@pytest.mark.parametrize("fails", ["the state directory", "the artifacts"])
+def test_a_full_disk_while_writing_leaves_the_previous_files(fresh, fails):
+    """A file size limit (as `ulimit -f` sets) stands in for a full disk, met while the state is
+    written or, later, the artifacts: what failed stays as it was, with nothing left beside it."""
+    state, artifacts = tree(fresh / ".vent"), tree(fresh / "artifacts")
+    largest_state, largest_artifact = (max(map(len, t.values())) for t in (state, artifacts))
+    assert largest_state < largest_artifact
+    limit = largest_state // 2 if fails == "the state directory" else (largest_state + largest_artifact) // 2
     add_worker(fresh / "cluster.yaml")
-    real_open, calls = os.open, []
 
-    def failing_open(path, flags, mode=0o777, **kw):
-        if "artifacts.new" in str(path):
-            calls.append(path)
-            if len(calls) == 10:
-                raise OSError(28, "No space left on device")
-        return real_open(path, flags, mode, **kw)
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    monkeypatch.setattr(os, "open", failing_open)
-    result = cli("render", "-c", fresh / "cluster.yaml")
-    assert result.exit_code == 1
-    assert "the previous artifacts are unchanged" in result.stderr and result.stderr.count("\n") == 1
+    proc = subprocess.run([sys.executable, "-m", "vent_bake", "render", "-c", str(fresh / "cluster.yaml")], capture_output=True,
+                          text=True, preexec_fn=limited)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"cannot write {fails}" in proc.stderr and "File too large" in proc.stderr and "unchanged" in proc.stderr
     assert tree(fresh / "artifacts") == artifacts
     assert sorted(os.listdir(fresh)) == [".vent", "artifacts", "cluster.yaml"]  # no staging left behind
+    if fails == "the state directory":
+        assert tree(fresh / ".vent") == state
+    else:  # the state was saved first: the old artifacts are stale against it, and say so
+        assert "pki/nodes/worker-2.key" in tree(fresh / ".vent")
+        assert "error: MANIFEST: the artifacts were rendered from another cluster file or state" in cli("verify", "-c", fresh / "cluster.yaml").stdout
 
 
 def test_operator_files_in_artifacts_are_kept(fresh):
@@ -216,7 +225,7 @@ def test_an_edit_in_the_same_clock_tick_as_the_render_is_still_seen(fresh):
     path = fresh / "artifacts/nodes/worker-1/files/etc/systemd/system/kubelet.service"
     original = path.read_text()
     cache = fresh / ".vent/artifacts.cache"
-    _, mtime = json.loads(cache.read_text())["files"]["nodes/worker-1/files/etc/systemd/system/kubelet.service"]
+    mtime = os.stat(path).st_mtime_ns
     path.write_text(original.replace("--v=2", "--v=9"))  # the same size...
     os.utime(path, ns=(mtime, mtime))  # ...and the mtime the cache recorded for it...
     os.utime(cache, ns=(mtime, mtime))  # ...in the very clock tick the cache was written

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from vent_bake import templates
 from vent_bake.bundle import File
 from vent_bake.config import Node
+from vent_bake.context import Context
 
 ALL, CONTROLLERS, FIRST = "all", "controllers", "first controller"
 ROLE, NODE = "role", "node"  # whose values a template reads: the same for every node of a role, or each node's
@@ -34,6 +35,7 @@ TABLE = (
     Row("configs/sysctl.conf", "/etc/sysctl.d/90-vent.conf"),
     Row("configs/node.env", f"{ETC}/node.env", per=NODE, carried=True),
     Row("configs/downloads.tsv", f"{ETC}/downloads.tsv"),
+    Row("configs/os-packages", f"{ETC}/os-packages"),
     Row("configs/units", f"{ETC}/units"),
     Row("cloudinit/fetch.sh", f"{LIB}/fetch", 0o755, carried=True),
     Row("cloudinit/lib.sh", f"{LIB}/lib.sh", carried=True),
@@ -93,8 +95,7 @@ def _file(row: Row, content: str) -> File:
     return File(content, row.mode, row.carried)
 
 
-def files(ctx, node: Node) -> dict[str, File]:
-    """ctx: the render's context.Context."""
+def files(ctx: Context, node: Node) -> dict[str, File]:
     role, first = ctx.cluster.role(node), ctx.cluster.is_first_controller(node)
     rows = entries(role, first)
     shared = ctx.memo(("component values", role, first), lambda: dict(ctx.role_values(role, first), units=units(rows)))

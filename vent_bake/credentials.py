@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vent_bake import certs, templates
 from vent_bake.bundle import File
 from vent_bake.config import Cluster, Node
+from vent_bake.context import Context
 from vent_bake.state import ENCRYPTION_KEY
 
 KUBE = "/var/lib/kubernetes"
@@ -70,8 +71,8 @@ def secrets(cluster: Cluster, node: Node) -> frozenset[str]:
     return frozenset(keys)
 
 
-def files(ctx, node: Node) -> dict[str, File]:
-    """The node's credential files; every secret is carried by its userdata. ctx: context.Context."""
+def files(ctx: Context, node: Node) -> dict[str, File]:
+    """The node's credential files; every secret is carried by its userdata."""
     net = ctx.cluster.network
     servers = {"balancer": ctx.url("127.0.0.1", net.balancer_port), "local": ctx.url("127.0.0.1", net.api_port)}
     out = {CA: File(ctx.cert(certs.CLUSTER_CA))}

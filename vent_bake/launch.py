@@ -35,7 +35,7 @@ def provider_for(cluster: Cluster, env) -> Provider:
     return PacketProvider(cluster.provider.packet, token, env.get("METAL_API_URL"))
 
 
-def _persist(action: Callable, found: Callable, what: str, attempts: int = ATTEMPTS, pause: float = 1.0):
+def _look_then_retry(action: Callable, found: Callable, what: str, attempts: int = ATTEMPTS, pause: float = 1.0):
     """Run a non-idempotent action; after a failure, look (found()) before trying again."""
     for attempt in range(1, attempts + 1):
         try:
@@ -70,7 +70,7 @@ def reserve(cluster: Cluster, state: State, provider: Provider, say: Callable[[s
         def lookup(name=name):
             return next((r for r in provider.reservations() if tag in r.tags and r.node == name), None)
 
-        ours[name] = _persist(lambda name=name: provider.reserve(name, [tag, node_tag(name)]), lookup, f"reserving {name}'s address")
+        ours[name] = _look_then_retry(lambda name=name: provider.reserve(name, [tag, node_tag(name)]), lookup, f"reserving {name}'s address")
         say(f"reserved {ours[name].address} for {name}")
     state.put(ADDRESSES, yaml.safe_dump({name: ours[name].address for name in wanted}, sort_keys=True).encode())
     state.save()
@@ -136,7 +136,7 @@ def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> N
     settings = getattr(cluster.provider.packet, f"{role}s")
     price = options.max_price if options.max_price is not None and settings.spot else settings.max_price
     tags = (cluster_tag(cluster.name), node_tag(node.name), role_tag(role))
-    return NodeSpec(node.name, role, settings.plan, settings.spot, price, userdata, tags)
+    return NodeSpec(node.name, settings.plan, settings.spot, price, userdata, tags)
 
 
 class Launch:
@@ -165,7 +165,7 @@ class Launch:
         return next((m for m in self.provider.machines(node_tag(name)) if m.state not in GONE and self.tag in m.tags), None)
 
     def create(self, name: str) -> Machine:
-        machine = _persist(lambda: self.provider.create(self.specs[name]), lambda: self._find(name), f"creating {name}")
+        machine = _look_then_retry(lambda: self.provider.create(self.specs[name]), lambda: self._find(name), f"creating {name}")
         self.say(f"{name}: device {machine.id} created")
         return machine
 
@@ -178,7 +178,7 @@ class Launch:
             current = self._find(name)
             return True if current and address in current.addresses else None
 
-        _persist(lambda: self.provider.assign(machine, address), assigned, f"assigning {address} to {name}")
+        _look_then_retry(lambda: self.provider.assign(machine, address), assigned, f"assigning {address} to {name}")
 
     def ensure(self, names: list[str], machines: dict[str, Machine]) -> dict[str, Machine]:
         """Create what is missing and assign every address, several at a time."""
@@ -192,7 +192,7 @@ class Launch:
 
     def run(self) -> dict[str, Machine]:
         names = list(self.specs)
-        machines = self.ensure(names, self.live(self.provider.machines(self.tag)))
+        self.ensure(names, self.live(self.provider.machines(self.tag)))
         deadline = time.monotonic() + self.options.timeout
         replaced: dict[str, int] = {}
         last = ""

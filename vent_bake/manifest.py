@@ -23,12 +23,10 @@ def code_digest() -> str:
     """vent-bake's own sources, lock and templates: a new version may render differently."""
     h = hashlib.sha256()
     package = Path(__file__).parent
-    sources = sorted(package.glob("*.py")) + [package / "binaries.lock.yaml"]
-    for kind in ("cloudinit", "configs", "manifests", "units"):
-        sources += sorted((templates.root() / kind).rglob("*"))
-    for path in sources:
-        if path.is_file():
-            h.update(f"{path.relative_to(path.parents[1]).as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    for path in sorted(package.glob("*.py")) + [package / "binaries.lock.yaml"]:
+        h.update(f"vent_bake/{path.name}\0".encode() + path.read_bytes() + b"\0")
+    for name, text in sorted(templates.sources().items()):
+        h.update(f"{name}\0".encode() + text.encode() + b"\0")
     return h.hexdigest()
 
 

@@ -1,18 +1,19 @@
 """The template files: cloudinit/, units/, manifests/ and configs/ at the top of the repository.
 
 A wheel carries them under vent_bake/templates/ (see pyproject.toml); a source checkout reads
-them where they are. Each is read and compiled once per process, and never looked at again
-(no auto-reload): a render reads no file. Values are quoted by the templates themselves
-(`tojson` yields a valid YAML double-quoted scalar, `sh` a shell word); Python only passes
-values.
+them where they are. They are read once per process, all together (`sources`, which the
+artifacts' MANIFEST fingerprints too), and each is compiled once: a render itself reads no
+file. Values are quoted by the templates themselves (`tojson` yields a valid YAML
+double-quoted scalar, `sh` a shell word); Python only passes values.
 """
 
+import shlex
 from functools import cache
 from pathlib import Path
 
-import shlex
-
 import jinja2
+
+KINDS = ("cloudinit", "configs", "manifests", "units")
 
 _PACKAGE = Path(__file__).parent
 
@@ -23,9 +24,17 @@ def root() -> Path:
 
 
 @cache
+def sources() -> dict[str, str]:
+    """Every template's text, by its name ("units/kubelet.service"), read once."""
+    base = root()
+    return {path.relative_to(base).as_posix(): path.read_text()
+            for kind in KINDS for path in sorted((base / kind).rglob("*")) if path.is_file()}
+
+
+@cache
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(root()),
+        loader=jinja2.DictLoader(sources()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -57,6 +66,5 @@ def without_comments(script: str) -> str:
     return "".join(keep)
 
 
-@cache
 def _text(name: str) -> str:
-    return (root() / name).read_text()
+    return sources()[name]

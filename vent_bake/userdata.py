@@ -23,6 +23,7 @@ import hashlib
 from vent_bake import components, secrets, templates
 from vent_bake.bundle import File
 from vent_bake.config import Node
+from vent_bake.context import Context
 from vent_bake.errors import VentError
 
 BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}  # bytes of revealed userdata
@@ -56,9 +57,9 @@ def _form(path: str, content: str, mode: int) -> dict:
     return entry | {"block": block, "content": content}
 
 
-def render(ctx, node: Node, files: dict[str, File]) -> tuple[str, str]:
-    """(the node's userdata, its fetch list). ctx: the render's context.Context; most files are
-    the same on every node of a role, so each line and entry is made once per render."""
+def render(ctx: Context, node: Node, files: dict[str, File]) -> tuple[str, str]:
+    """(the node's userdata, its fetch list). Most files are the same on every node of a role,
+    so each line and entry is made once per render."""
     fetch_list = "".join(ctx.memo(("listed", path, f), lambda: _listed(path, f)) for path, f in sorted(files.items()) if not f.carried)
     entries = [ctx.memo(("entry", path, f), lambda: _entry(path, f)) for path, f in sorted(files.items()) if f.carried]
     userdata = templates.render(

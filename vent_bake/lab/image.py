@@ -5,7 +5,6 @@ what went into it; each node boots an overlay of it.
 """
 
 import hashlib
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,8 +24,7 @@ CLOUD_CFG = "datasource_list: [NoCloud]\n"
 
 def packages() -> tuple[str, ...]:
     """BASE plus the OS packages the boot script installs when they are missing."""
-    found = re.search(r'^PACKAGES="([^"]*)"', templates.render("cloudinit/boot.sh"), re.M)
-    return tuple(sorted(set(BASE) | set(found[1].split())))
+    return tuple(sorted(set(BASE) | set(templates.render("configs/os-packages").split())))
 
 
 def golden(cache: Path, say) -> Path:

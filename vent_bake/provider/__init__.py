@@ -32,7 +32,6 @@ class Reservation:
     id: str
     address: str
     node: str | None  # from its node tag
-    assigned_to: tuple[str, ...] = ()  # device ids
     tags: tuple[str, ...] = ()
 
 
@@ -54,7 +53,6 @@ class NodeSpec:
     """What to create for one node."""
 
     name: str
-    role: str
     plan: str
     spot: bool
     max_price: float | None

@@ -24,7 +24,6 @@ from urllib3.util.retry import Retry
 
 from vent_bake.provider import Machine, NodeSpec, ProviderError, Reservation
 
-DEFAULT_URL = "https://api.equinix.com/metal/v1"
 TIMEOUT = (10, 60)  # connect, read (seconds)
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 PER_PAGE = 100
@@ -98,7 +97,7 @@ class PacketProvider:
     def __init__(self, settings, token: str, base_url: str | None = None):
         self.settings = settings
         self.token = token
-        self.base_url = base_url or settings.api_url or DEFAULT_URL
+        self.base_url = base_url or settings.api_url
         self._local = threading.local()
 
     @property
@@ -117,9 +116,8 @@ class PacketProvider:
         for ip in (data or {}).get("ip_addresses", []):
             if ip.get("cidr") != 32 or not ip.get("public", True) or not ip.get("address"):
                 continue
-            devices = tuple((a.get("assigned_to") or {}).get("href", "").rsplit("/", 1)[-1] for a in ip.get("assignments") or [])
             tags = tuple(ip.get("tags") or ())
-            out.append(Reservation(ip["id"], ip["address"], _node(tags), tuple(d for d in devices if d), tags))
+            out.append(Reservation(ip["id"], ip["address"], _node(tags), tags))
         return out
 
     def reserve(self, node: str, tags: list[str]) -> Reservation:
@@ -127,7 +125,7 @@ class PacketProvider:
             self.settings.project, "public_ipv4", 1, metro=self.settings.metro, tags=tags,
             comments=f"vent-bake: the address of {node}",
         )
-        return Reservation(ip.id, ip.address, node, (), tuple(ip.tags or tags))
+        return Reservation(ip.id, ip.address, node, tuple(ip.tags or tags))
 
     def release(self, reservation: Reservation) -> None:
         self.manager.call_api(f"ips/{reservation.id}", type="DELETE")
