@@ -22,7 +22,12 @@ ROOT=${VENT_ROOT:-/}
 # --- 1. node prep ---------------------------------------------------------------------------
 
 step_prep() {
-    log "prep: kernel modules, sysctls, swap off, OS packages"
+    log "prep: cgroup v2, kernel modules, sysctls, swap off, OS packages"
+    # shellcheck source=/dev/null
+    . "$ETC/boot.env"
+    if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ] && [ "$ALLOW_CGROUP_V1" != true ]; then
+        fail "prep: this machine runs cgroup v1, which Kubernetes 1.35+ refuses: boot it with systemd.unified_cgroup_hierarchy=1 (or set host.allow_cgroup_v1 in the cluster file)"
+    fi
     systemctl restart systemd-modules-load.service
     sysctl --quiet --load /etc/sysctl.d/90-vent.conf
     swapoff -a

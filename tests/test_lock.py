@@ -4,12 +4,14 @@ import hashlib
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from conftest import cli, write_cluster
 from vent_bake import lock
 
-VERSION = "v1.32.9"
+VERSION = "v1.36.9"  # a patch release no lock knows: its checksum files are served here
+BASE = lock.newest(lock.packaged())  # what `lock` takes the other components from
 
 
 def served(www, url: str, text: str) -> None:
@@ -26,17 +28,17 @@ def test_digest_formats():
     assert lock.digest_in(f"{sha}  ./dist/runc.amd64\n", "runc.amd64", "sha256", "x") == sha
 
 
-def publish(www, tamper: str | None = None) -> dict:
+def publish(www, tamper: str | None = None, version: str = VERSION) -> dict:
     """Serve checksum files: made-up digests for the test-only Kubernetes release, and the
     packaged pins of the other components, as their projects publish them (with a decoy)."""
     expected = {}
     for binary in lock.KUBERNETES_BINARIES:
         for arch in lock.ARCHES:
-            digest = hashlib.sha256(f"{binary}-{arch}-{VERSION}".encode()).hexdigest()
-            served(www, f"https://dl.k8s.io/{VERSION}/bin/linux/{arch}/{binary}.sha256", digest + "\n")
+            digest = hashlib.sha256(f"{binary}-{arch}-{version}".encode()).hexdigest()
+            served(www, f"https://dl.k8s.io/{version}/bin/linux/{arch}/{binary}.sha256", digest + "\n")
             expected[binary, arch] = digest
     files: dict[str, str] = {}  # one checksum file can list several arches (etcd's SHA256SUMS)
-    for name, entry in lock.packaged()["v1.32.8"].items():
+    for name, entry in lock.packaged()[BASE].items():
         if name == "images" or name.startswith("kubernetes-") or name in lock.KUBERNETES_BINARIES:
             continue
         for arch in lock.ARCHES:
@@ -53,10 +55,13 @@ def publish(www, tamper: str | None = None) -> dict:
     return expected
 
 
-def test_lock_pins_each_binary_and_render_uses_it(mirror, tmp_path):
+@pytest.mark.parametrize("version", ["v1.35.9", "v1.36.9", "v1.37.1"])
+def test_lock_pins_each_binary_and_render_uses_it(mirror, tmp_path, version):
+    """Any patch release of a supported minor; each served here with made-up digests."""
     www, base = mirror
-    expected = publish(www)
-    cluster = write_cluster(tmp_path / "c", **{"kubernetes: v1.32.8": f"kubernetes: {VERSION}"})
+    expected = publish(www, version=version)
+    VERSION = version
+    cluster = write_cluster(tmp_path / "c", **{f"kubernetes: {BASE}": f"kubernetes: {VERSION}"})
     assert cli("render", "-c", cluster).exit_code == 2  # no lock knows the version yet
     result = cli("lock", "-c", cluster, "--from", base)
     assert result.exit_code == 0, result.output
@@ -67,7 +72,7 @@ def test_lock_pins_each_binary_and_render_uses_it(mirror, tmp_path):
         "url": f"https://dl.k8s.io/{VERSION}/bin/linux/amd64/kube-proxy", "sha256": expected["kube-proxy", "amd64"],
         "sums": f"https://dl.k8s.io/{VERSION}/bin/linux/amd64/kube-proxy.sha256",
     }
-    assert "kubernetes-server" not in entry and entry["etcd"]["version"] == "v3.5.22"
+    assert "kubernetes-server" not in entry and entry["etcd"]["version"] == lock.packaged()[BASE]["etcd"]["version"]
 
     assert cli("render", "-c", cluster).exit_code == 0
     worker = (tmp_path / "c/artifacts/nodes/worker-0/files/etc/vent/downloads.tsv").read_text().splitlines()
@@ -85,7 +90,8 @@ def test_a_checksum_file_that_contradicts_the_lock_writes_nothing(mirror, tmp_pa
     cluster = write_cluster(tmp_path / "c")
     result = cli("lock", "-c", cluster, "--kubernetes", VERSION, "--from", base)
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
-    assert "etcd-v3.5.22-linux-amd64.tar.gz, but the lock pins 20174ab70a6f" in result.stderr
+    etcd = lock.packaged()[BASE]["etcd"]["amd64"]
+    assert f"{etcd['url']}, but the lock pins {etcd['sha256']}" in result.stderr
     assert "nothing was written" in result.stderr
     assert not (tmp_path / "c/binaries.lock.yaml").exists()
 

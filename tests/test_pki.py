@@ -27,6 +27,7 @@ EXPECTED = {
     "kube-apiserver": ("ca", "CN=kubernetes", ["sslserver"], ["sslclient"], ["127.0.0.1", "172.31.0.1", *CONTROLLERS.values()], APISERVER_DNS),
     "apiserver-kubelet-client": ("ca", "CN=kubernetes", ["sslclient"], ["sslserver"], [], []),
     "apiserver-etcd-client": ("etcd-ca", "CN=kube-apiserver-etcd-client", ["sslclient"], ["sslserver"], [], []),
+    "front-proxy-client": ("front-proxy-ca", "CN=front-proxy-client", ["sslclient"], ["sslserver"], [], []),
     **{f"nodes/{h}": ("ca", f"O=system:nodes, CN=system:node:{h}", ["sslclient", "sslserver"], [], [ip], [h]) for h, ip in NODES.items()},
     **{f"etcd/{h}-{kind}": ("etcd-ca", f"CN={h}", ["sslclient", "sslserver"], [], [ip, "127.0.0.1"], [h, "localhost"])
        for h, ip in CONTROLLERS.items() for kind in ("server", "peer")},
@@ -43,7 +44,7 @@ def verify(ca: Path, cert: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def test_the_set_is_complete(rendered):
     certs = {p.relative_to(rendered / "artifacts/pki").with_suffix("").as_posix() for p in (rendered / "artifacts/pki").rglob("*.crt")}
-    assert certs == set(EXPECTED) | {"ca", "etcd-ca"}
+    assert certs == set(EXPECTED) | {"ca", "etcd-ca", "front-proxy-ca"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

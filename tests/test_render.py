@@ -80,11 +80,12 @@ def test_changing_the_key_algorithm_replaces_the_cas_only_when_told(fresh):
     refused = cli("render", "-c", cluster)
     assert refused.exit_code == 1 and tree(fresh / ".vent") == state
     assert refused.stderr == (f"error: {fresh / '.vent/pki/ca.crt'}: the cluster file asks for another CA (its key is not rsa-2048);"
-                              " `vent-bake render --reissue ca` replaces it and every certificate it signed (nodes booted with it"
-                              " must boot again)\n")
-    result = cli("render", "-c", cluster, "--reissue", "ca", "--reissue", "etcd-ca", "--reissue", "service-accounts")
+                              " `vent-bake render --reissue ca --reissue etcd-ca --reissue front-proxy-ca` replaces it and every"
+                              " certificate it signed (nodes booted with it must boot again)\n")
+    reissue = ["--reissue", "ca", "--reissue", "etcd-ca", "--reissue", "front-proxy-ca", "--reissue", "service-accounts"]
+    result = cli("render", "-c", cluster, *reissue)
     assert result.exit_code == 0, result.output
-    assert "issued: 22 (ca, etcd-ca," in result.stdout  # 21 certificates and the service-account key
+    assert "issued: 24 (ca, etcd-ca, front-proxy-ca," in result.stdout  # 23 certificates and the service-account key
 
 
 def test_invalid_cluster_file_leaves_everything_as_it_was(fresh):
@@ -167,7 +168,7 @@ def test_no_secret_in_artifacts_in_any_encoding(rendered, state):
     files = unpacked(tree(rendered / "artifacts"))
     assert any("#" in p for p in files)
     leaks = secret_encodings(state)
-    assert len(leaks) == 23  # 21 certificate keys, the service-account key, the encryption key
+    assert len(leaks) == 25  # 23 certificate keys, the service-account key, the encryption key
     for path, data in files.items():
         assert b"PRIVATE KEY" not in data, path
         for name, forms in leaks.items():

@@ -10,13 +10,14 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import cli, node_root, render, revealed_userdata, write_cluster
-from tools import need
+from tools import need, need_built
 from vent_bake import fsutil, secrets
 from vent_bake.userdata import BUDGET
 from vent_bake.state import State
@@ -128,10 +129,10 @@ def test_render_prints_each_revealed_size_within_budget(rendered):
 
 def test_long_names_stay_within_budget(tmp_path):
     """The longest node name a kubelet certificate allows, a long cluster name, five controllers."""
-    long = "n" * 50
-    cluster = write_cluster(tmp_path, controllers=5, workers=1, **{"name: vent": f"name: {long}", "worker-0": f"{long}-w"})
+    long = "n" * 49
+    cluster = write_cluster(tmp_path, controllers=5, workers=1, **{"name: vent": f"name: {long}", "worker-0": f"{long}-ww"})
     render(cluster)
-    for node, role in ((f"{long}-w", "worker"), ("controller-0", "controller")):
+    for node, role in ((f"{long}-ww", "worker"), ("controller-0", "controller")):
         size = len(revealed_userdata(tmp_path, node).encode())
         assert size <= BUDGET[role], (node, size)
 
@@ -230,8 +231,9 @@ def test_units_enabled_by_the_boot_script_exist(rendered):
 def test_manifests_validate_strictly(rendered):
     (validate,) = need("kubernetes-validate")
     addons = sorted((rendered / "artifacts/nodes/controller-0/files/etc/vent/addons").glob("*.yaml"))
-    assert [p.name for p in addons] == ["apiserver-to-kubelet.yaml", "coredns.yaml", "flannel.yaml", "runtimeclass-gvisor.yaml"]
-    proc = subprocess.run([validate, "--strict", "-k", "1.32.0", *map(str, addons)], capture_output=True, text=True)
+    assert [p.name for p in addons] == ["apiserver-to-kubelet.yaml", "coredns.yaml", "flannel.yaml", "metrics-server.yaml",
+                                        "runtimeclass-gvisor.yaml"]
+    proc = subprocess.run([validate, "--strict", "-k", "1.36.0", *map(str, addons)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     documents = sum(len([d for d in yaml.safe_load_all(p.read_text()) if d]) for p in addons)
     assert proc.stdout.count("passed") == documents
@@ -269,14 +271,34 @@ def test_firewall_loads_in_nftables(rendered, node):
 
 
 def test_containerd_reads_its_config(rendered):
-    """Debian's containerd 1.6 reads the version 2 config as meant: runc with systemd cgroups,
-    a runsc handler, the CNI directories."""
-    need("containerd")
+    """containerd 2.2, built from its module, reads the version 3 config as meant: runc with
+    systemd cgroups, a runsc handler with its options file, the pinned sandbox image, the CNI
+    directories, registry hosts from certs.d."""
+    (containerd,) = need_built("containerd")
     path = rendered / "artifacts/nodes/worker-0/files/etc/containerd/config.toml"
-    dump = subprocess.run(["containerd", "--config", str(path), "config", "dump"], capture_output=True, text=True, check=True).stdout
-    assert 'runtime_type = "io.containerd.runsc.v1"' in dump and "SystemdCgroup = true" in dump
-    assert 'BinaryName = "/usr/local/sbin/runc"' in dump and 'bin_dir = "/opt/cni/bin"' in dump
-    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in dump
+    proc = subprocess.run([containerd, "--config", str(path), "config", "dump"], capture_output=True, text=True, check=True)
+    assert "level=warning" not in proc.stderr and "deprecat" not in proc.stderr.lower(), proc.stderr
+    dump = tomllib.loads(proc.stdout)
+    images, runtime = dump["plugins"]["io.containerd.cri.v1.images"], dump["plugins"]["io.containerd.cri.v1.runtime"]
+    runtimes = runtime["containerd"]["runtimes"]
+    assert runtimes["runc"]["options"]["SystemdCgroup"] is True and runtimes["runc"]["options"]["BinaryName"] == "/usr/local/sbin/runc"
+    assert runtimes["runsc"]["runtime_type"] == "io.containerd.runsc.v1"
+    assert runtimes["runsc"]["options"] == {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}
+    assert images["pinned_images"]["sandbox"].startswith("registry.k8s.io/pause:3.10.2@sha256:")
+    assert images["registry"]["config_path"] == "/etc/containerd/certs.d"
+    assert runtime["cni"]["bin_dirs"] == ["/opt/cni/bin"] and runtime["cni"]["conf_dir"] == "/etc/cni/net.d"
+    assert runtime["restrict_oom_score_adj"] is False  # a machine of its own may lower OOM scores
+    runsc = tomllib.loads((rendered / "artifacts/nodes/worker-0/files/etc/containerd/runsc.toml").read_text())
+    assert runsc == {"runsc_config": {"systemd-cgroup": "true"}}  # kubelet and runc use systemd's cgroups
+
+
+def test_registry_mirrors_become_containerd_hosts(tmp_path):
+    cluster = write_cluster(tmp_path, controllers=1, workers=1, **{
+        "\nboot:\n": "\nregistry_mirrors:\n  registry.k8s.io: https://registry.example.com/k8s/\n\nboot:\n"})
+    render(cluster)
+    hosts = tomllib.loads((tmp_path / "artifacts/nodes/worker-0/files/etc/containerd/certs.d/registry.k8s.io/hosts.toml").read_text())
+    assert hosts == {"server": "https://registry.k8s.io",
+                     "host": {"https://registry.example.com/k8s": {"capabilities": ["pull", "resolve"]}}}
 
 
 def test_haproxy_reads_the_balancer_config(rendered):

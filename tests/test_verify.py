@@ -164,7 +164,7 @@ def test_edited_artifact(fresh, case):
 def test_binary_without_a_digest(fresh):
     path = fresh / "artifacts/nodes/worker-0/files/etc/vent/downloads.tsv"
     rows = [r.split("\t") for r in path.read_text().splitlines()]
-    rows[1][3] = "latest"
+    rows[0][3] = "latest"
     path.write_text("".join("\t".join(r) + "\n" for r in rows))
     code, lines = verify(fresh)
     assert code == 1 and "error: nodes/worker-0/files/etc/vent/downloads.tsv: /usr/local/bin/kubelet has no digest" in lines

@@ -29,9 +29,24 @@ def need(*tools: str) -> list[str]:
     """The tools' paths; a test that lacks one skips, or fails under CI."""
     found = [find(t) for t in tools]
     missing = [t for t, path in zip(tools, found) if path is None]
-    if not missing:
-        return found
-    message = f"not installed: {', '.join(missing)} (`make test` installs them)"
+    if missing:
+        _lacking(f"not installed: {', '.join(missing)} (`make test` installs them)")
+    return found
+
+
+def need_built(*binaries: str) -> list[str]:
+    """Programs the lab builds from their Go modules (`vent-bake lab build`, which `make test`
+    runs first): their paths; a test that lacks one skips, or fails under CI."""
+    from vent_bake.lab import build
+
+    found = [build.built(b) for b in binaries]
+    missing = [b for b, path in zip(binaries, found) if path is None]
+    if missing:
+        _lacking(f"not built: {', '.join(missing)} (`vent-bake lab build` builds them; `make test` runs it)")
+    return [str(p) for p in found]
+
+
+def _lacking(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)

@@ -48,26 +48,20 @@ def destination(binary: str) -> str:
 
 
 def choose(components: dict, needed: set[str]) -> dict[str, set[str]]:
-    """Which component supplies which needed binaries. Archives that bring several needed
-    binaries come first (they are downloaded anyway), then plain binaries, then whatever
-    archive brings the most of the rest with the least besides."""
+    """Which component supplies which needed binaries: again and again, the one that brings
+    the most of those still needed, and of equals a plain binary, then the archive with the
+    fewest members (a node tarball before the server tarball)."""
     entries = {n: e for n, e in components.items() if n != "images"}
     left, out = set(needed), {}
-    for name, entry in entries.items():
-        if "extract" in entry and len(lock.provides(name, entry) & left) >= 2:
-            out[name] = lock.provides(name, entry) & left
-            left -= out[name]
-    for name, entry in entries.items():
-        if "extract" not in entry and name in left:
-            out[name] = {name}
-            left.discard(name)
     while left:
-        name = max((n for n in entries if "extract" in entries[n]),
-                   key=lambda n: (len(lock.provides(n, entries[n]) & left), -len(lock.provides(n, entries[n]))), default=None)
-        if name is None or not lock.provides(name, entries[name]) & left:
+        def score(name: str) -> tuple:
+            members = lock.provides(name, entries[name])
+            return len(members & left), "extract" not in entries[name], -len(members)
+        best = max(entries, key=score, default=None)
+        if best is None or not lock.provides(best, entries[best]) & left:
             raise lock.LockError(f"the binaries lock has nothing that installs {', '.join(sorted(left))}")
-        out[name] = lock.provides(name, entries[name]) & left
-        left -= out[name]
+        out[best] = lock.provides(best, entries[best]) & left
+        left -= out[best]
     return out
 
 

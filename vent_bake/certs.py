@@ -19,6 +19,10 @@ from vent_bake.state import State
 
 CLUSTER_CA = "ca"
 ETCD_CA = "etcd-ca"  # etcd trusts only its own CA: no cluster-CA certificate opens etcd
+# The aggregation layer's CA: the apiserver proxies to extension apiservers (metrics-server) as
+# front-proxy-client, and they trust request headers only from a certificate of this CA.
+FRONT_PROXY_CA = "front-proxy-ca"
+FRONT_PROXY_USER = "front-proxy-client"
 FLANNEL_USER = "vent:flannel"  # bound to the ClusterRole of the same name (manifests/flannel.yaml)
 
 
@@ -53,6 +57,7 @@ def plan(cluster: Cluster, addresses: dict[str, str]) -> list[CertSpec]:
     specs = [
         CertSpec(CLUSTER_CA, f"{cluster.name} kubernetes CA", issuer=None),
         CertSpec(ETCD_CA, f"{cluster.name} etcd CA", issuer=None),
+        CertSpec(FRONT_PROXY_CA, f"{cluster.name} front-proxy CA", issuer=None),
         CertSpec("admin", "admin", "system:masters", client=True),
         CertSpec("kube-controller-manager", "system:kube-controller-manager", "system:kube-controller-manager", client=True),
         CertSpec("kube-scheduler", "system:kube-scheduler", "system:kube-scheduler", client=True),
@@ -66,6 +71,7 @@ def plan(cluster: Cluster, addresses: dict[str, str]) -> list[CertSpec]:
         # system:kube-apiserver-to-kubelet ClusterRoleBinding, and nothing more.
         CertSpec("apiserver-kubelet-client", "kubernetes", client=True),
         CertSpec("apiserver-etcd-client", "kube-apiserver-etcd-client", issuer=ETCD_CA, client=True),
+        CertSpec(FRONT_PROXY_USER, FRONT_PROXY_USER, issuer=FRONT_PROXY_CA, client=True),
     ]
     for node in cluster.nodes:
         specs.append(
@@ -123,16 +129,12 @@ def ensure(cluster: Cluster, addresses: dict[str, str], state: State, replacing:
     cas: dict[str, tuple] = {}
     issued: list[str] = []
     planned = plan(cluster, addresses)
+    _refuse_new_cas(planned, algorithm, state, replacing)
     for spec in planned:
         ca = cas.get(spec.issuer) if spec.issuer else None
         pem = state.get(crt_path(spec.name))
         cert = x509.load_pem_x509_certificate(pem) if pem else None
         why = pki.misfit(cert, spec, algorithm, ca and ca[0]) if cert else "missing"
-        if why and spec.is_ca and cert and spec.name not in replacing:
-            raise StateError(
-                f"{state.root / crt_path(spec.name)}: the cluster file asks for another CA ({why}); `vent-bake render"
-                f" --reissue {spec.name}` replaces it and every certificate it signed (nodes booted with it must boot again)"
-            )
         if why:
             key = pki.new_key(algorithm)
             ca_cert, ca_key = (ca[0], ca[1]()) if ca else (None, None)
@@ -157,6 +159,24 @@ def ensure(cluster: Cluster, addresses: dict[str, str], state: State, replacing:
         state.drop(crt_path(name))
         state.drop(key_path(name))
     return issued, dropped
+
+
+def _refuse_new_cas(planned: list[CertSpec], algorithm: str, state: State, replacing: Iterable[str]) -> None:
+    """A CA is replaced only on the operator's word: one line naming every CA the cluster file
+    now asks to replace, and the flags that would."""
+    misfits = []
+    for spec in planned:
+        pem = state.get(crt_path(spec.name)) if spec.is_ca and spec.name not in replacing else None
+        why = pki.misfit(x509.load_pem_x509_certificate(pem), spec, algorithm, None) if pem else None
+        if why:
+            misfits.append((spec.name, why))
+    if misfits:
+        name, why = misfits[0]
+        flags = " ".join(f"--reissue {n}" for n, _ in misfits)
+        raise StateError(
+            f"{state.root / crt_path(name)}: the cluster file asks for another CA ({why}); `vent-bake render {flags}`"
+            " replaces it and every certificate it signed (nodes booted with it must boot again)"
+        )
 
 
 def _key_loader(state: State, name: str):

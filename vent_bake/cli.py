@@ -296,6 +296,15 @@ def lab():
     """Boot the rendered nodes on this machine, under real systemd and cloud-init (root)."""
 
 
+@lab.command("build")
+def lab_build():
+    """Build every program the lab runs from its Go module, at the lock's versions (cached)."""
+    from vent_bake.lab import build
+
+    for binary, (path, source) in build.all_binaries(click.echo).items():
+        click.echo(f"{binary:<26} {source}  {path}")
+
+
 @lab.command("init")
 @example_options(workers=1, name="lab")
 @click.option("--official", is_flag=True, help="Keep the official binaries (`lab up` fetches them; needs internet).")

@@ -27,6 +27,8 @@ class Row(NamedTuple):
     # In the userdata itself (what fetches the rest, the node's facts, and, as Vent did, the
     # macvlan and flannel set-up); every other file the node fetches, pinned by digest.
     carried: bool = False
+    # A file per registry mirror: the path names {upstream}, the template reads upstream and mirror.
+    each_mirror: bool = False
 
 
 TABLE = (
@@ -36,6 +38,7 @@ TABLE = (
     Row("configs/node.env", f"{ETC}/node.env", per=NODE, carried=True),
     Row("configs/downloads.tsv", f"{ETC}/downloads.tsv"),
     Row("configs/os-packages", f"{ETC}/os-packages"),
+    Row("configs/boot.env", f"{ETC}/boot.env"),
     Row("configs/units", f"{ETC}/units"),
     Row("cloudinit/fetch.sh", f"{LIB}/fetch", 0o755, carried=True),
     Row("cloudinit/lib.sh", f"{LIB}/lib.sh", carried=True),
@@ -49,6 +52,8 @@ TABLE = (
     Row("configs/api-balancer.cfg", "/etc/haproxy/api-balancer.cfg"),
     Row("units/containerd.service", f"{UNITS}/containerd.service"),
     Row("configs/containerd-config.toml", "/etc/containerd/config.toml"),
+    Row("configs/runsc.toml", "/etc/containerd/runsc.toml"),
+    Row("configs/containerd-hosts.toml", "/etc/containerd/certs.d/{upstream}/hosts.toml", each_mirror=True),
     Row("configs/crictl.yaml", "/etc/crictl.yaml"),
     Row("units/kubelet.service", f"{UNITS}/kubelet.service", per=NODE),
     Row("configs/kubelet-config.yaml", "/var/lib/kubelet/kubelet-config.yaml"),
@@ -72,6 +77,7 @@ TABLE = (
     Row("manifests/flannel.yaml", f"{ETC}/addons/flannel.yaml", who=FIRST),
     Row("manifests/coredns.yaml", f"{ETC}/addons/coredns.yaml", who=FIRST),
     Row("manifests/runtimeclass-gvisor.yaml", f"{ETC}/addons/runtimeclass-gvisor.yaml", who=FIRST),
+    Row("manifests/metrics-server.yaml", f"{ETC}/addons/metrics-server.yaml", who=FIRST),
 )
 
 
@@ -102,7 +108,12 @@ def files(ctx: Context, node: Node) -> dict[str, File]:
     own = dict(shared, node=node, address=ctx.addresses[node.name])
     out = {}
     for row in rows:
-        if row.per == NODE:
+        if row.each_mirror:
+            for upstream, mirror in ctx.cluster.registry_mirrors.items():
+                out[row.path.format(upstream=upstream)] = ctx.memo(
+                    ("component", row, upstream), lambda row=row, u=upstream, m=mirror: _file(row, templates.render(
+                        row.template, **shared, upstream=u, mirror=m)))
+        elif row.per == NODE:
             out[row.path] = _file(row, templates.render(row.template, **own))
         else:
             out[row.path] = ctx.memo(("component", row, role, first), lambda row=row: _file(row, templates.render(row.template, **shared)))

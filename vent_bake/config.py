@@ -5,6 +5,7 @@ that overlap, duplicate names, sizes) are checked afterwards by `check`, so that
 can name the exact field it is about.
 """
 
+import datetime
 import ipaddress
 import re
 from functools import cached_property
@@ -29,8 +30,10 @@ HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0
 UNSAFE_IN_URL = re.compile(r"[\s\x00-\x1f\x7f'\"`$\\]")
 MAX_QUOTED = 60  # an error line quotes at most this much of a value
 MAX_VALUES = 1_000_000  # a cluster file expands (YAML aliases included) to at most this many values
-# X.509 limits a common name to 64 characters; a kubelet's is system:node:<name>.
+# X.509 limits a common name to 64 characters; a kubelet's is system:node:<name>, and the
+# longest CA's is "<cluster> front-proxy CA".
 MAX_NODE_NAME = 64 - len("system:node:")
+MAX_CLUSTER_NAME = 64 - len(" front-proxy CA")
 DNS_SERVICE_INDEX = 10  # CoreDNS sits at the tenth address of the service range, as in KTHW
 
 
@@ -195,7 +198,26 @@ class Boot(Strict):
 
 
 class Versions(Strict):
-    kubernetes: str = Field("v1.32.8", description="Kubernetes version; must be in the binaries lock.")
+    kubernetes: str = Field("v1.36.0", description="Kubernetes version; must be in the binaries lock.")
+
+
+class Host(Strict):
+    """What the machines under the nodes allow. The defaults are a bare-metal machine's, and
+    strict: set one only for machines that cannot do otherwise (a node in a container, as
+    the lab's are), since each trades a safeguard away."""
+
+    allow_cgroup_v1: bool = Field(
+        False, description="Kubernetes 1.35+ refuses cgroup v1, and so does the boot script; true keeps a cgroup v1"
+        " machine running (kubelet's failCgroupV1: false).")
+    can_lower_oom_score: bool = Field(
+        True, description="false where nothing may lower a process's oom_score_adj (containerd's restrict_oom_score_adj).")
+    conntrack_sysctls: bool = Field(
+        True, description="false where the conntrack table's size cannot be set (kube-proxy then leaves it as it is).")
+    gvisor_cgroups: bool = Field(
+        True, description="false where gVisor cannot manage cgroups through systemd (cgroup v1): runsc ignores cgroups.")
+    own_disk: bool = Field(
+        True, description="false where nodes share one disk: kubelet's disk-pressure eviction and image garbage"
+        " collection, which would judge the sum, are turned off.")
 
 
 class Cluster(Strict):
@@ -208,6 +230,10 @@ class Cluster(Strict):
     network: Network = Network()
     pki: PKI = PKI()
     mirror: URL | None = Field(None, description="Base URL that replaces the official download hosts.")
+    registry_mirrors: dict[Hostname, URL] = Field(
+        {}, description="Container registries pulled through a mirror: upstream registry host -> the mirror's URL"
+        " (containerd's hosts.toml), e.g. registry.k8s.io: https://registry.example.com. For air-gapped sites.")
+    host: Host = Host()
     boot: Boot
     controllers: list[Node]
     workers: list[Node] = []
@@ -366,6 +392,9 @@ def load(path: Path, text: bytes | None = None) -> Cluster:
 
 def check(c: Cluster):
     """Yield (field path, problem) for every rule the cluster breaks, most basic first."""
+    if len(c.name) > MAX_CLUSTER_NAME:
+        yield "name", (f"{quoted(c.name)} is {len(c.name)} characters; at most {MAX_CLUSTER_NAME} fit, as its CAs' common"
+                       " names ('<name> front-proxy CA') are limited to 64")
     if not c.controllers:
         yield "controllers", "at least one controller is needed (three for a highly available etcd)"
     if c.versions.kubernetes not in c.lock:
@@ -454,14 +483,19 @@ def _check_ranges(c: Cluster):
                     yield f"{field}[{i}].address", f"{addr} is inside the {name} range {net}"
 
 
-def warnings(c: Cluster) -> list[str]:
+def warnings(c: Cluster, today: datetime.date | None = None) -> list[str]:
     out = []
+    support = lock.support_warning(c.versions.kubernetes, today or datetime.date.today())
+    if support:
+        out.append(f"versions.kubernetes: {support}")
     if len(c.controllers) % 2 == 0:
         out.append(
             f"controllers: {len(c.controllers)} controllers tolerate no more failures than"
             f" {len(c.controllers) - 1}; etcd quorum prefers an odd count"
         )
-    for field, url in (("boot.artifacts_url", c.boot.artifacts_url), ("mirror", c.mirror)):
+    urls = [("boot.artifacts_url", c.boot.artifacts_url), ("mirror", c.mirror)]
+    urls += [(f"registry_mirrors.{host}", url) for host, url in c.registry_mirrors.items()]
+    for field, url in urls:
         if url and url.startswith("http://"):
             out.append(f"{field}: {url} is plain http: every file is still checked by its digest, but anyone on the"
                        " path sees what the nodes fetch; prefer https")

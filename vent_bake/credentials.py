@@ -51,7 +51,8 @@ def identities(cluster: Cluster, node: Node) -> list[Identity]:
         out.append(Identity(name, PKI, name, f"{KUBE}/{name}.kubeconfig", f"system:{name}", "local"))
     if cluster.is_first_controller(node):
         out.append(Identity("admin", PKI, "admin", f"{KUBE}/admin.kubeconfig", "admin", "local"))
-    out += [Identity(name, PKI, name) for name in ("kube-apiserver", "apiserver-kubelet-client", "apiserver-etcd-client")]
+    out += [Identity(name, PKI, name) for name in ("kube-apiserver", "apiserver-kubelet-client", "apiserver-etcd-client",
+                                                    certs.FRONT_PROXY_USER)]
     out += [Identity(certs.etcd_cert(node.name, kind), ETCD, kind) for kind in ("server", "peer")]
     return out
 
@@ -97,5 +98,6 @@ def files(ctx: Context, node: Node) -> dict[str, File]:
             carried=True,
         ),
         f"{ETCD}/ca.crt": File(ctx.cert(certs.ETCD_CA)),
+        f"{PKI}/front-proxy-ca.crt": File(ctx.cert(certs.FRONT_PROXY_CA)),
     }
     return out

@@ -6,6 +6,7 @@ published checksum files. A project can add versions, or pin per-binary digests,
 its versions take the place of the packaged ones of the same name.
 """
 
+import datetime
 import re
 from collections.abc import Callable
 from functools import cache
@@ -28,10 +29,38 @@ class LockError(VentError):
     """A checksum file could not be had, or contradicts a pinned digest."""
 
 
+END_OF_LIFE = "end-of-life"
+WARN_BEFORE_END = datetime.timedelta(days=60)
+
+
 @cache
+def _file() -> dict:
+    return yaml.safe_load(resources.files(__package__).joinpath("binaries.lock.yaml").read_text())
+
+
 def packaged() -> dict:
     """Kubernetes version -> component name -> entry, as the packaged lock holds it."""
-    return yaml.safe_load(resources.files(__package__).joinpath("binaries.lock.yaml").read_text())
+    return {k: v for k, v in _file().items() if k != END_OF_LIFE}
+
+
+def end_of_life(version: str) -> datetime.date | None:
+    """The last day a Kubernetes version's minor is supported, if the lock knows it."""
+    m = re.match(r"v?(\d+)\.(\d+)\.", version)
+    day = _file()[END_OF_LIFE].get(f"{m[1]}.{m[2]}") if m else None
+    return datetime.date.fromisoformat(day) if day else None
+
+
+def support_warning(version: str, today: datetime.date) -> str | None:
+    """One line when a version is past its end of life, or within 60 days of it."""
+    end = end_of_life(version)
+    if end is None:
+        return f"{version}: the binaries lock knows no end-of-life date for it; check kubernetes.io/releases"
+    supported = ", ".join(v for v in sorted(packaged(), reverse=True) if (end_of_life(v) or today) > today + WARN_BEFORE_END)
+    if end < today:
+        return f"{version} reached its end of life on {end}: it gets no more fixes; move to a supported release ({supported})"
+    if end <= today + WARN_BEFORE_END:
+        return f"{version} reaches its end of life on {end}, in {(end - today).days} days; plan the move to a newer release ({supported})"
+    return None
 
 
 def merged(project: dict | None) -> dict:

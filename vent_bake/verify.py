@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import artifacts, certs, credentials, manifest, pki, render, secrets, userdata
+from vent_bake import artifacts, certs, credentials, lock, manifest, pki, render, secrets, userdata
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.pki import CertSpec
@@ -61,7 +61,7 @@ def inspect(ws, days: int = 30) -> Inspection:
 
 
 def run(bundle: Inspection) -> list[Finding]:
-    checks = (check_manifest, check_certificates, check_kubeconfigs, check_references,
+    checks = (check_support, check_manifest, check_certificates, check_kubeconfigs, check_references,
               check_secrets, check_privilege, check_fetch, check_sizes, check_ranges)
     return [finding for check in checks for finding in check(bundle)]
 
@@ -73,6 +73,14 @@ def report(findings: list[Finding], as_json: bool) -> str:
     lines = [f.line() for f in findings]
     lines.append(f"{errors} errors, {len(findings) - errors} warnings" if findings else "bundle verified: no findings")
     return "\n".join(lines)
+
+
+# --- the release: supported, and not about to stop being --------------------------------------
+
+def check_support(b: Inspection):
+    warning = lock.support_warning(b.cluster.versions.kubernetes, datetime.date.today())
+    if warning:
+        yield Finding("support", "versions.kubernetes", warning, "warning")
 
 
 # --- the manifest: rendered from these inputs, unaltered since --------------------------------
@@ -101,7 +109,7 @@ def _load_cert(data: bytes | None):
 def check_certificates(b: Inspection):
     now = datetime.datetime.now(datetime.timezone.utc)
     soon = now + datetime.timedelta(days=b.days)
-    cas = {name: _load_cert(b.tree.get(f"pki/{name}.crt")) for name in (certs.CLUSTER_CA, certs.ETCD_CA)}
+    cas = {name: _load_cert(b.tree.get(f"pki/{name}.crt")) for name in (certs.CLUSTER_CA, certs.ETCD_CA, certs.FRONT_PROXY_CA)}
     for spec in certs.plan(b.cluster, render.addresses(b.cluster, b.state)):
         where = f"pki/{spec.name}.crt"
         cert = _load_cert(b.tree.get(where))
@@ -193,8 +201,9 @@ def check_kubeconfigs(b: Inspection):
 
 # --- references: every file a unit or config names is written; every binary is pinned ------------
 
-# Written at run time, not by the userdata: data dirs, logs, the runtime dir, generated files.
-RUNTIME = ("/var/lib/etcd", "/var/log", "/run", "/var/lib/vent", "/etc/cni/net.d")
+# Written at run time, not by the userdata (data dirs, logs, the runtime dir, generated files),
+# or read only if present (containerd's registry hosts, with no registry mirror).
+RUNTIME = ("/var/lib/etcd", "/var/log", "/run", "/var/lib/vent", "/etc/cni/net.d", "/etc/containerd/certs.d")
 # The OS packages the boot script installs, and the OS itself.
 OS_PROVIDED = ("/usr/sbin/haproxy", "/sbin/modprobe", "/bin/kill", "/usr/sbin/nft", "/usr/bin/python3", "/etc/resolv.conf")
 # Files whose paths are not the node's: the add-on manifests name paths inside pods.
