@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages whose real tools the tests run.
 DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd runc haproxy \
-  containernetworking-plugins debootstrap systemd-container libseccomp-dev
+  containernetworking-plugins debootstrap systemd-container libseccomp-dev docker-registry skopeo busybox-static
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: example test deps debs lab-build benchmark clean

@@ -30,7 +30,8 @@ print(json.dumps({
         {
             "type": "bridge",
             "bridge": "cni0",
-            "isGateway": True,
+            # The bridge is the pod's default gateway: service IPs and the world are reached through it.
+            "isDefaultGateway": True,
             "hairpinMode": True,
             # flanneld masquerades itself when it runs with --ip-masq
             "ipMasq": ipmasq != "true",

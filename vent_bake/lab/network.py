@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from vent_bake.errors import VentError
-from vent_bake.lab.plan import SERVICE_IP, LabNode
+from vent_bake.lab.plan import OUTSIDE_IP, SERVICE_IP, LabNode
 
 BRIDGE = "lab0"
 
@@ -45,6 +45,7 @@ def create(lab: str) -> None:
     ip("-n", lab, "link", "add", BRIDGE, "type", "bridge")
     ip("-n", lab, "link", "set", BRIDGE, "up")
     ip("-n", lab, "addr", "add", f"{SERVICE_IP}/32", "dev", BRIDGE)
+    ip("-n", lab, "addr", "add", f"{OUTSIDE_IP}/32", "dev", BRIDGE)
     for key, value in (("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0")):
         ip("netns", "exec", lab, "sysctl", "-qw", f"{key}={value}")
 

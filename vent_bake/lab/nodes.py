@@ -1,10 +1,15 @@
-"""One lab node: an overlay of the golden image with the node's NoCloud seed, booted by
+"""One lab node: an overlay of its root filesystem with the node's NoCloud seed, booted by
 systemd-nspawn with systemd as PID 1, in a network namespace of its own whose `bond0` is a
 veth into the lab's namespace (--network-veth-extra; a private network also leaves the node's
 /proc/sys/net writable, as a machine's is).
 
 The host runs no systemd (no machined), so nspawn runs with --register=no --keep-unit, and
-each node starts from a cgroup of its own: nodes sharing one cgroup tree race on their units.
+each node starts from a cgroup of its own in every hierarchy: nodes sharing one race on their
+units, and their kubelets would share pods' cgroups. What a kubelet needs of the machine under
+it (as kind gives a node in a container): the cgroup hierarchies writable (the image's init,
+files/init, before systemd), /dev/kmsg, every capability but loading kernel modules, the
+keyring and bpf system calls, and containerd's data on a real disk (an overlay cannot be the
+upper directory of containerd's own overlays).
 """
 
 import os
@@ -17,10 +22,11 @@ from pathlib import Path
 import yaml
 
 from vent_bake.errors import VentError
+from vent_bake.lab import image
 from vent_bake.lab.network import run
 from vent_bake.lab.plan import LabNode
 
-CGROUP_TREES = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class NodeDir:
@@ -55,10 +61,27 @@ class NodeDir:
         return None
 
 
+def hierarchies() -> list[Path]:
+    """Every cgroup hierarchy mounted here: each v1 controller's (and name=systemd's) and the
+    unified one, or the one cgroup v2 tree."""
+    if (CGROUP_ROOT / "cgroup.procs").exists():
+        return [CGROUP_ROOT]
+    return sorted(t for t in CGROUP_ROOT.iterdir() if (t / "cgroup.procs").exists() and not t.is_symlink())
+
+
 def _cgroups(node: LabNode) -> list[Path]:
-    """The node's own cgroup in every hierarchy nspawn uses on this host."""
-    trees = [t for t in CGROUP_TREES[:2] if (t / "cgroup.procs").exists()] or [CGROUP_TREES[2]]
-    return [t / "vent-lab" / node.machine for t in trees]
+    """The node's own cgroup in every hierarchy."""
+    return [t / "vent-lab" / node.machine for t in hierarchies()]
+
+
+def _make_cgroup(cgroup: Path) -> None:
+    """mkdir, and for cpuset the parent's CPUs and memory nodes (empty, no task may join)."""
+    for directory in (cgroup.parent, cgroup):
+        directory.mkdir(exist_ok=True)
+        for setting in ("cpuset.cpus", "cpuset.mems"):
+            own = directory / setting
+            if own.exists() and not own.read_text().strip():
+                own.write_text((directory.parent / setting).read_text())
 
 
 def _seed(d: NodeDir, userdata: str, network: dict) -> None:
@@ -71,16 +94,24 @@ def _seed(d: NodeDir, userdata: str, network: dict) -> None:
     (seed / "network-config").write_text(yaml.safe_dump(network, sort_keys=False))
 
 
-def boot(d: NodeDir, golden: Path, userdata: str, network: dict) -> None:
-    """A fresh node: an empty overlay, its seed, and systemd-nspawn booting it."""
+def boot(d: NodeDir, lower: Path, userdata: str, network: dict) -> None:
+    """A fresh node: an empty overlay of its root filesystem (the golden image, or its role's
+    node image), the lab's machine files, its seed, and systemd-nspawn booting it."""
     discard(d)
     for path in (d.upper, d.work, d.root):
         path.mkdir(parents=True)
-    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={golden},upperdir={d.upper},workdir={d.work}", str(d.root))
+    run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={d.upper},workdir={d.work}", str(d.root))
+    for path, (data, mode) in image.machine_files().items():
+        target = d.file(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(mode)
     _seed(d, userdata, network)
     cgroups = _cgroups(d.node)
     for cgroup in cgroups:
-        cgroup.mkdir(parents=True, exist_ok=True)
+        _make_cgroup(cgroup)
+    containerd = d.base / "containerd"
+    containerd.mkdir()
 
     def join_own_cgroup():
         for cgroup in cgroups:
@@ -88,9 +119,12 @@ def boot(d: NodeDir, golden: Path, userdata: str, network: dict) -> None:
 
     # nsenter, not `ip netns exec`: that remounts /sys, and with it the cgroup trees nspawn needs.
     command = ["nsenter", f"--net=/run/netns/{d.node.lab}",
-               "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--directory", str(d.root),
+               "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--directory", str(d.root),
                "--machine", d.node.machine, "--hostname", d.node.name,
-               "--private-network", f"--network-veth-extra={d.node.port}:bond0"]
+               "--private-network", f"--network-veth-extra={d.node.port}:bond0",
+               "--capability=all", "--drop-capability=CAP_SYS_MODULE", "--system-call-filter=@keyring bpf perf_event_open",
+               "--bind=/dev/kmsg", f"--bind={containerd}:/var/lib/containerd",
+               "--kill-signal=SIGRTMIN+3", image.INIT]
     with open(d.console, "ab") as console:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=join_own_cgroup)
@@ -164,7 +198,7 @@ def _kill_and_remove(cgroup: Path) -> None:
 
 
 def remove_empty_cgroup_roots() -> None:
-    for tree in CGROUP_TREES:
+    for tree in hierarchies():
         try:
             (tree / "vent-lab").rmdir()
         except OSError:

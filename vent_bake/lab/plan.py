@@ -3,7 +3,8 @@
 As on Packet, a node's `bond0` holds a public /31 (the node's address and its gateway) and a
 private /31 from 10.0.0.0/8 as an alias, with the route to 10.0.0.0/8 through the private
 gateway. Its reserved address is routed to it only once the lab assigns it. One address on
-the bridge, the link-local 169.254.169.254, is the lab's service: metadata, artifacts, mirror.
+the bridge, the link-local 169.254.169.254, is the lab's service: metadata, artifacts, mirror,
+and (port 5000) the container registry; another, 192.0.2.80, stands for the world outside.
 """
 
 import ipaddress
@@ -18,6 +19,12 @@ SERVICE = f"http://{SERVICE_IP}"
 METADATA_URL = f"{SERVICE}/metadata"
 ARTIFACTS_URL = f"{SERVICE}/artifacts/"
 MIRROR_URL = f"{SERVICE}/mirror/"
+REGISTRY = f"{SERVICE_IP}:5000"  # the lab's container registry
+REGISTRY_URL = f"http://{REGISTRY}"
+# An address outside the cluster (TEST-NET-1, never routed on the internet): a page the lab's
+# service also serves, for the smoke test's "an address outside the cluster is routed".
+OUTSIDE_IP = "192.0.2.80"
+OUTSIDE_URL = f"http://{OUTSIDE_IP}/"
 PUBLIC = ipaddress.ip_network("100.64.0.0/24")  # shared address space: never routed on the internet
 PRIVATE = ipaddress.ip_network("10.80.0.0/24")
 MAX_NODES = PUBLIC.num_addresses // 2

@@ -5,6 +5,8 @@
     /artifacts/... the published artifacts directory
     /mirror/...    the lab's mirror of binaries
 
+and, at 192.0.2.80, one page that stands for the world outside the cluster.
+
     python -m vent_bake.lab.service WORKDIR
 
 WORKDIR/service.json names the directories and maps each node's addresses to its name;
@@ -17,6 +19,7 @@ import http.server
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,9 +64,25 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
+class Outside(http.server.BaseHTTPRequestHandler):
+    PAGE = b"outside the cluster\n"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.PAGE)))
+        self.end_headers()
+        self.wfile.write(self.PAGE)
+
+    def log_message(self, fmt, *args):
+        pass
+
+
 def main(workdir: Path) -> None:
     config = json.loads((workdir / "service.json").read_text())
     handler = functools.partial(Handler, workdir=workdir, config=config)
+    outside = Server((config["outside"], PORT), Outside)
+    threading.Thread(target=outside.serve_forever, daemon=True).start()
     with Server((config["address"], PORT), handler) as server:
         (workdir / "service.ready").write_text(str(os.getpid()))
         server.serve_forever()
