@@ -177,10 +177,14 @@ def build(b: Build, say: Callable[[str], None]) -> Path:
     return out
 
 
+def _pause_output() -> Path:
+    return cache_dir() / "bin" / f"pause-{PAUSE_VERSION}-{_key(KUBERNETES)}"
+
+
 def pause(say: Callable[[str], None]) -> Path:
     """The pause container's program, from pause.c in the Kubernetes module, linked static."""
     kubernetes = KUBERNETES
-    out = cache_dir() / "bin" / f"pause-{PAUSE_VERSION}-{_key(kubernetes)}"
+    out = _pause_output()
     if _done(out):
         return out
     if not shutil.which("gcc"):
@@ -210,7 +214,5 @@ def all_binaries(say: Callable[[str], None]) -> dict[str, tuple[Path, str]]:
 
 def built(binary: str) -> Path | None:
     """A program's path if it has been built (for the tests that read configs with it)."""
-    for b in BUILDS:
-        if binary in b.programs and _done(output(b)):
-            return output(b) / binary
-    return None
+    outputs = [output(b) for b in BUILDS if binary in b.programs] or ([_pause_output()] if binary == "pause" else [])
+    return next((out / binary for out in outputs if _done(out)), None)
