@@ -6,7 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages whose real tools the tests run.
 DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd runc haproxy \
-  containernetworking-plugins debootstrap systemd-container libseccomp-dev docker-registry skopeo busybox-static
+  containernetworking-plugins debootstrap systemd-container libseccomp-dev docker-registry skopeo busybox-static \
+  mmdebstrap mtools dosfstools syslinux syslinux-common squashfs-tools fdisk qemu-system-x86
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: example test deps debs lab-build benchmark clean

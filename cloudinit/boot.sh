@@ -37,7 +37,11 @@ step_prep() {
     for package in $(cat "$ETC/os-packages"); do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
     done
-    [ ${#missing[@]} -eq 0 ] || install_packages "prep" "${missing[@]}"
+    if [ ${#missing[@]} -eq 0 ]; then
+        log "prep: every OS package already installed; nothing to install"
+    else
+        install_packages "prep" "${missing[@]}"
+    fi
     # The distro's haproxy unit would bind its own config; ours is api-balancer.service.
     systemctl disable --now haproxy.service 2>/dev/null || true
 }
@@ -46,13 +50,28 @@ step_prep() {
 
 # --- 3. download and verify ------------------------------------------------------------------
 
+# installed NAME ALGORITHM DIGEST: is NAME installed from the file of that digest, every file it
+# put in place still as it was (a baked image, or an earlier boot)? Its receipt says.
+installed() {
+    local receipt="$STATE/installed/$1" sum dest
+    [ -f "$receipt" ] && [ "$(head -n 1 "$receipt")" = "$2 $3" ] || return 1
+    while read -r sum dest; do
+        [ "$(sha256sum "$ROOT$dest" 2>/dev/null | cut -d' ' -f1)" = "$sum" ] || return 1
+    done < <(tail -n +2 "$receipt")
+}
+
 step_download() {
-    log "download: every binary, in parallel; nothing is installed before all of them verify"
+    log "download: every binary not yet installed, in parallel; nothing is installed before all of them verify"
     mkdir -p "$STATE/downloads"
     local name url algorithm digest installs
     download_all download < <(
         while IFS=$'\t' read -r name url algorithm digest installs; do
-            [ -n "$name" ] && printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$url" "$algorithm" "$digest" "$STATE/downloads/$name"
+            [ -n "$name" ] || continue
+            if installed "$name" "$algorithm" "$digest"; then
+                log "download: $name already installed from its pinned $algorithm $digest; not fetched"
+                continue
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$url" "$algorithm" "$digest" "$STATE/downloads/$name"
         done <"$ETC/downloads.tsv"
     )
 }
@@ -61,11 +80,17 @@ step_download() {
 
 step_install() {
     log "install: verified binaries"
-    local name url algorithm digest installs file pair dest member work="$STATE/extract"
+    local name url algorithm digest installs file pair dest member work="$STATE/extract" receipt
+    mkdir -p "$STATE/installed"
     while IFS=$'\t' read -r name url algorithm digest installs; do
         [ -n "$name" ] || continue
+        if installed "$name" "$algorithm" "$digest"; then
+            log "install: $name already in place"
+            continue
+        fi
         file="$STATE/downloads/$name"
         verified "$file" "$algorithm" "$digest" || fail "install: $name was not verified; run the download step first"
+        receipt="$algorithm $digest"
         if [[ $installs == *=* ]]; then
             rm -rf "$work" # what an interrupted run left
             mkdir -p "$work"
@@ -75,11 +100,14 @@ step_install() {
                 tar -xzf "$file" -C "$work" "$member"
                 dest="$ROOT${pair%%=*}"
                 install -D -m 0755 "$work/$member" "$dest"
+                receipt+=$'\n'"$(sha256sum "$dest" | cut -d' ' -f1) ${pair%%=*}"
             done
             rm -rf "$work"
         else
             install -D -m 0755 "$file" "$ROOT$installs"
+            receipt+=$'\n'"$(sha256sum "$ROOT$installs" | cut -d' ' -f1) $installs"
         fi
+        echo "$receipt" >"$STATE/installed/$name"
         log "install: $name ($installs)"
     done <"$ETC/downloads.tsv"
 }

@@ -112,6 +112,7 @@ class Metal:
             "id": str(uuid.uuid4()), "hostname": body.get("hostname", f"device-{n}"), "tags": body.get("tags", []),
             "os": body["operating_system"], "plan": body["plan"], "metro": body["metro"], "userdata": body.get("userdata", ""),
             "spot": bool(body.get("spot_instance")), "price": body.get("spot_price_max"), "_state": "queued",
+            "ipxe_script_url": body.get("ipxe_script_url"), "always_pxe": body.get("always_pxe"),
             "_created": time.monotonic(), "created_at": _now(),
             "ips": [{"address": f"10.{n // 250}.{n % 250}.{2 * (n % 120)}", "cidr": 31, "public": False, "management": True}],
         }

@@ -98,3 +98,26 @@ def test_rendered_download_list_matches_the_lock(rendered):
         assert rows and all((r.split("\t")[1], r.split("\t")[3]) in pinned for r in rows)
     worker = (rendered / "artifacts/nodes/worker-0/files/etc/vent/downloads.tsv").read_text()
     assert "kubernetes-server" not in worker and "etcd" not in worker
+
+
+def test_what_is_installed_as_pinned_is_not_fetched_again(mirror, tmp_path):
+    """A binary in place with its receipt (a baked image, an earlier boot) is left alone: the
+    mirror could be gone. One changed since is installed again, from the verified download."""
+    www, base = mirror
+    archive = tarball({"pkg/bin/a": b"a\n", "pkg/bin/b": b"b\n"})
+    (www / "pkg.tar.gz").write_bytes(archive)
+    (www / "tool").write_bytes(GOOD)
+    lines = [line("tool", f"{base}/tool", GOOD, "/usr/local/bin/tool"),
+             line("pkg", f"{base}/pkg.tar.gz", archive, "/usr/local/bin/a=pkg/bin/a,/opt/cni/bin/b=pkg/bin/b", "sha512")]
+    assert run_boot(tmp_path, lines, "download", "install").returncode == 0
+    for served in www.iterdir():
+        served.unlink()
+    again = run_boot(tmp_path, lines, "download", "install")
+    assert again.returncode == 0, again.stderr
+    log = (tmp_path / "boot.log").read_text()
+    assert "download: tool already installed from its pinned sha256 " in log and "install: pkg already in place" in log
+    (tmp_path / "root/opt/cni/bin/b").write_bytes(b"changed\n")
+    changed = run_boot(tmp_path, lines, "download", "install")
+    assert changed.returncode == 0, changed.stderr
+    assert (tmp_path / "root/opt/cni/bin/b").read_bytes() == b"b\n"
+    assert "install: tool already in place" in changed.stderr and "install: pkg (" in changed.stderr

@@ -1,5 +1,6 @@
 """reserve, launch, status, destroy through packet-python, against the fake Metal API."""
 
+import json
 import os
 import shutil
 import signal
@@ -266,10 +267,57 @@ def test_launch_refuses_until_the_artifacts_are_published(metal, cluster, tmp_pa
         run("render", "-c", cluster)
         result = run("launch", "-c", cluster, "--yes", ok=False)
         assert result.exit_code == 1
-        assert f"error: boot.artifacts_url: {url}/nodes/controller-0/fetch.list: HTTP 404 (5 of 5 nodes): publish artifacts/" in result.stderr
+        assert f"error: boot.artifacts_url: {url}/nodes/controller-0/fetch.list: HTTP 404 (5 of 5 files): publish artifacts/" in result.stderr
         shutil.copytree(cluster.parent / "artifacts", site, dirs_exist_ok=True)
         listed = site / "nodes/worker-1/fetch.list"
         listed.write_text(listed.read_text()[1:])
         result = run("launch", "-c", cluster, "--yes", ok=False)
-        assert f"{url}/nodes/worker-1/fetch.list: not the rendered list (1 of 5 nodes)" in result.stderr
+        assert f"{url}/nodes/worker-1/fetch.list: not the one made (1 of 5 files)" in result.stderr
+    assert metal.calls.get("POST projects/{id}/devices", 0) == 0
+
+
+def fake_image(cluster: Path, role: str) -> str:
+    """An image directory as `vent-bake image build` leaves it, as far as launch reads it: its
+    manifest (the role's pins) and its iPXE script, published."""
+    from vent_bake import binaries, config
+    from vent_bake.image import build
+
+    c = config.load(cluster)
+    name = build.name(c, role)
+    directory = cluster.parent / build.IMAGES / name
+    directory.mkdir(parents=True)
+    downloads = {d.name: {"algorithm": d.algorithm, "digest": d.digest, "url": d.url} for d in binaries.downloads(c, role)}
+    (directory / build.MANIFEST).write_text(json.dumps({"role": role, "downloads": downloads}))
+    (directory / "boot.ipxe").write_text(build.netboot.ipxe(role, c.versions.kubernetes, build.published(c, name), "console=ttyS1"))
+    published = cluster.parent / "artifacts" / build.IMAGES / name
+    published.mkdir(parents=True)
+    shutil.copy(directory / "boot.ipxe", published / "boot.ipxe")
+    return name
+
+
+def test_an_imaged_role_boots_its_image_over_custom_ipxe(metal, cluster):
+    name = fake_image(cluster, "worker")
+    cluster.write_text(cluster.read_text().replace("\nboot:\n", f"\nimage:\n  workers: {name}\n\nboot:\n"))
+    launched(cluster)
+    devices = {d["hostname"]: d for d in live(metal)}
+    base = cluster.read_text().split("artifacts_url: ")[1].split()[0]
+    for host in ("worker-0", "worker-1"):
+        assert (devices[host]["os"], devices[host]["ipxe_script_url"], devices[host]["always_pxe"]) == (
+            "custom_ipxe", f"{base}images/{name}/boot.ipxe", False)
+    assert devices["controller-0"]["os"] == "debian_12" and devices["controller-0"]["ipxe_script_url"] is None
+
+
+def test_an_image_of_another_lock_is_refused(metal, cluster):
+    name = fake_image(cluster, "worker")
+    cluster.write_text(cluster.read_text().replace("\nboot:\n", f"\nimage:\n  workers: {name}\n\nboot:\n"))
+    run("reserve", "-c", cluster)
+    run("render", "-c", cluster)
+    baked = cluster.parent / "images" / name / "manifest.json"  # rebuilt since, from another lock
+    doc = json.loads(baked.read_text())
+    doc["downloads"]["runc"]["digest"] = "0" * 64
+    baked.write_text(json.dumps(doc))
+    for command in (("render",), ("launch", "--yes")):
+        result = run(*command, "-c", cluster, ok=False)
+        assert result.exit_code == 1, result.output
+        assert f"image.workers: {name} was baked from another lock: runc is sha256 0000000000000000..." in result.stderr
     assert metal.calls.get("POST projects/{id}/devices", 0) == 0

@@ -321,6 +321,49 @@ def schema():
 
 
 @main.group(cls=Group)
+def image():
+    """Node images: the OS and a role's verified binaries, baked once (root)."""
+
+
+@image.command("build")
+@cluster_option
+@click.option("--role", type=click.Choice(["controller", "worker", "both"]), default="both", show_default=True)
+@click.option("--from", "source", help="Fetch the binaries from this mirror of the official hosts (<URL>/<host>/<path>).")
+def image_build(cluster_file, role, source):
+    """Build images/<role>-<kubernetes version>/ beside the cluster file: a disk image, the kernel,
+    initrd and root filesystem for network boot with their iPXE script, and a manifest."""
+    from vent_bake.image import build
+
+    for each in ("controller", "worker") if role == "both" else (role,):
+        out = build.build(cluster_file, each, source, click.echo)
+        click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("node")
+@cluster_option
+@out_option
+@state_option
+@click.option("--output", type=click.Path(path_type=Path), help="The seed image [default: NODE-seed.iso beside the cluster file].")
+@click.option("--network-config", "network", type=click.Path(path_type=Path),
+              help="cloud-init network config (version 1 or 2) to put in the seed [default: none, cloud-init's fallback: DHCP].")
+def seed(node, cluster_file, out, state, output, network):
+    """Write NODE's NoCloud seed (a `cidata` ISO 9660 image: user-data, meta-data and any
+    network-config), so that it boots on any hypervisor or machine from a node image."""
+    from vent_bake import artifacts, manifest
+    from vent_bake import seed as seeds
+
+    network_config = seeds.network_config(network) if network else None
+    with _opened(cluster_file, out, state, write=False) as ws:
+        tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster))
+        if node not in {n.name for n in ws.cluster.nodes}:
+            raise VentError(f"{ws.paths.cluster}: no node {node!r} in the cluster file")
+        target = output or ws.paths.cluster.parent / f"{node}-seed.iso"
+        seeds.write(target, artifacts.revealed(tree, ws.cluster, ws.state, node), node, network_config)
+    click.echo(f"wrote {target} (it holds the node's secrets: keep it as you keep .vent/)")
+
+
+@main.group(cls=Group)
 def lab():
     """Boot the rendered nodes on this machine, under real systemd and cloud-init (root)."""
 

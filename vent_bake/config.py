@@ -220,6 +220,15 @@ class Host(Strict):
         " collection, which would judge the sum, are turned off.")
 
 
+class Image(Strict):
+    """Node images made by `vent-bake image build`, by role: a directory under images/ beside
+    the cluster file. A node of an imaged role boots from it (launch: Packet's custom iPXE, with
+    the image's boot.ipxe published under boot.artifacts_url) and downloads nothing."""
+
+    controllers: Hostname | None = Field(None, description="e.g. controller-v1.36.0")
+    workers: Hostname | None = Field(None, description="e.g. worker-v1.36.0")
+
+
 class Cluster(Strict):
     """A Kubernetes-the-Hard-Way cluster on bare metal."""
 
@@ -234,6 +243,7 @@ class Cluster(Strict):
         {}, description="Container registries pulled through a mirror: upstream registry host -> the mirror's URL"
         " (containerd's hosts.toml), e.g. registry.k8s.io: https://registry.example.com. For air-gapped sites.")
     host: Host = Host()
+    image: Image = Image()
     boot: Boot
     controllers: list[Node]
     workers: list[Node] = []

@@ -10,6 +10,7 @@ a `.gitignore` from its first write, so that no copy of it is ever committed by 
 
 import ctypes
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -60,6 +61,12 @@ def stat_tree(root: Path) -> dict[str, list[int]]:
 
     _walk(root, stat)
     return out
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """A file's digest, read in chunks (images and binaries run to gigabytes)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:

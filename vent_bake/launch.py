@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 import yaml
@@ -17,6 +18,7 @@ import yaml
 from vent_bake import artifacts, manifest, render
 from vent_bake.config import Cluster, Node
 from vent_bake.errors import VentError
+from vent_bake.image import build as image_build
 from vent_bake.provider import Machine, NodeSpec, Provider, ProviderError, cluster_tag, node_tag, role_tag
 from vent_bake.state import ADDRESSES, ADMIN_KUBECONFIG, State
 
@@ -98,7 +100,9 @@ def check_launchable(ws, provider: Provider) -> dict[str, str]:
         reservations = pool.submit(provider.reservations)
         try:
             tree, problem = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, state, cluster)), None
-            check_published(cluster, tree)
+            images = image_build.check(ws.paths.cluster, cluster)
+            check_published(cluster, tree, {role: ws.paths.cluster.parent / image_build.IMAGES / getattr(cluster.image, f"{role}s")
+                                            for role in images})
         except VentError as exc:
             problem = exc
         held = {r.address for r in reservations.result() if cluster_tag(cluster.name) in r.tags}
@@ -110,25 +114,34 @@ def check_launchable(ws, provider: Provider) -> dict[str, str]:
     return {n.name: artifacts.revealed(tree, cluster, state, n.name) for n in cluster.nodes}
 
 
-def check_published(cluster: Cluster, tree: dict[str, bytes], concurrency: int = 16) -> None:
-    """Refuse unless every node's fetch list is published, as rendered, at boot.artifacts_url:
-    a node that cannot fetch its files never joins, and its machine is billed all the same."""
-    def differs(name: str) -> str | None:
-        url = f"{cluster.boot.artifacts_base}nodes/{name}/fetch.list"
+def check_published(cluster: Cluster, tree: dict[str, bytes], images: dict[str, Path] | None = None, concurrency: int = 16) -> None:
+    """Refuse unless every node's fetch list, and the iPXE script of every role's node image, is
+    published as made under boot.artifacts_url: a node that cannot fetch its files never joins,
+    and its machine is billed all the same."""
+    def differs(url: str, expected: bytes) -> str | None:
         try:
             response = requests.get(url, timeout=(10, 30))
         except requests.RequestException as exc:
             return f"{url}: unreachable ({type(exc).__name__})"
         if response.status_code != 200:
             return f"{url}: HTTP {response.status_code}"
-        if response.content != tree[f"nodes/{name}/fetch.list"]:
-            return f"{url}: not the rendered list"
+        if response.content != expected:
+            return f"{url}: not the one made"
         return None
 
+    wanted = {f"{cluster.boot.artifacts_base}nodes/{n.name}/fetch.list": tree[f"nodes/{n.name}/fetch.list"] for n in cluster.nodes}
+    wanted |= {ipxe_script(cluster, role): (directory / "boot.ipxe").read_bytes() for role, directory in (images or {}).items()}
     with ThreadPoolExecutor(concurrency) as pool:
-        problems = [p for p in pool.map(differs, [n.name for n in cluster.nodes]) if p]
+        problems = [p for p in pool.map(lambda item: differs(*item), wanted.items()) if p]
     if problems:
-        raise VentError(f"boot.artifacts_url: {problems[0]} ({len(problems)} of {len(cluster.nodes)} nodes): publish artifacts/ there as rendered, then launch")
+        raise VentError(f"boot.artifacts_url: {problems[0]} ({len(problems)} of {len(wanted)} files): publish artifacts/ (and"
+                        " images/, under images/) there as made, then launch")
+
+
+def ipxe_script(cluster: Cluster, role: str) -> str | None:
+    """The published iPXE script of the role's node image, if the cluster file names one."""
+    directory = getattr(cluster.image, f"{role}s")
+    return f"{image_build.published(cluster, directory)}boot.ipxe" if directory else None
 
 
 def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> NodeSpec:
@@ -136,7 +149,7 @@ def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> N
     settings = getattr(cluster.provider.packet, f"{role}s")
     price = options.max_price if options.max_price is not None and settings.spot else settings.max_price
     tags = (cluster_tag(cluster.name), node_tag(node.name), role_tag(role))
-    return NodeSpec(node.name, settings.plan, settings.spot, price, userdata, tags)
+    return NodeSpec(node.name, settings.plan, settings.spot, price, userdata, tags, ipxe_script(cluster, role))
 
 
 class Launch:

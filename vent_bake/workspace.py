@@ -92,6 +92,10 @@ def reissued_files(cluster: Cluster, names: Iterable[str]) -> list[str]:
 def bake(ws: Workspace, reissue: Iterable[str] = ()) -> Result:
     cluster, state, paths = ws.cluster, ws.state, ws.paths
     warnings = config.warnings(cluster)
+    if cluster.image.controllers or cluster.image.workers:
+        from vent_bake.image import build as image_build
+
+        image_build.check(paths.cluster, cluster)  # an image baked from another lock is refused
     reissue = list(reissue)
     if not reissue:
         sizes = artifacts.unchanged_sizes(paths.out, manifest.inputs_digest(ws.text, state, cluster), cluster, state)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from vent_bake import templates
+from vent_bake import fsutil, templates
 from vent_bake.errors import VentError
 
 SUITE = "bookworm"
@@ -54,6 +54,25 @@ def golden(cache: Path, say) -> Path:
     subprocess.run(["chroot", str(building), "locale-gen"], check=True, capture_output=True)
     (building / "etc/machine-id").write_text("")
     (building / "etc/hostname").unlink(missing_ok=True)
+    building.rename(root)
+    return root
+
+
+def baked(squashfs: Path, cache: Path, say) -> Path:
+    """A node image's root filesystem (vent-bake image build), unpacked once: the lower layer of
+    the nodes of its role, in place of the golden image."""
+    key = fsutil.file_digest(squashfs)[:16]
+    root = cache / f"baked-{key}"
+    if root.is_dir():
+        return root
+    building = cache / f".unpacking-{key}"
+    shutil.rmtree(building, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    say(f"unpacking the node image {squashfs} into {root}")
+    proc = subprocess.run(["unsquashfs", "-no-progress", "-d", str(building), str(squashfs)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(building, ignore_errors=True)
+        raise VentError(f"lab: unsquashfs {squashfs} failed: {proc.stderr.strip()[-200:]}")
     building.rename(root)
     return root
 

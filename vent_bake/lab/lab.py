@@ -29,6 +29,7 @@ import yaml
 from vent_bake import artifacts, binaries, manifest, render, workspace
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
+from vent_bake.image import build as image_build
 from vent_bake.lab import image, images, mirror, network, nodes, plan
 from vent_bake.lab.nodes import NodeDir
 from vent_bake.lab.plan import LabNode
@@ -160,6 +161,20 @@ def _answers(lab: Lab, url: str) -> bool:
     return subprocess.run(["ip", "netns", "exec", lab.name, "curl", "-fs", "-o", "/dev/null", "--max-time", "2", url]).returncode == 0
 
 
+def roots(lab: Lab, say: Callable[[str], None]) -> dict[str, Path]:
+    """Each role's root filesystem: its node image (the cluster file's `image`), or the golden one."""
+    cache = base() / "cache"
+    out = {}
+    for role, field in image_build.ROLES.items():
+        directory = getattr(lab.cluster.image, field)
+        if directory:
+            image_build.check(lab.paths.cluster, lab.cluster)
+            out[role] = image.baked(lab.paths.cluster.parent / image_build.IMAGES / directory / "filesystem.squashfs", cache, say)
+        else:
+            out[role] = image.golden(cache, say)
+    return out
+
+
 def fill_registry(lab: Lab, say: Callable[[str], None]) -> None:
     """Put every image the lock names into the lab's registry: the lab's own, made here, or
     (`lab init --official`) the official ones, copied from their registry on the host side."""
@@ -187,7 +202,7 @@ def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: fl
     userdata = lab.userdata
     targets = lab.pick(names) if names else [n for n in lab.nodes if lab.dir(n).pid is None]
     mirror.fill(lab.cluster, lab.paths.cluster.parent / mirror.MIRROR_DIR, source, say)
-    golden = image.golden(base() / "cache", say)
+    lower = roots(lab, say)
     lab.work.mkdir(parents=True, exist_ok=True)
     network.create(lab.name)
     start_service(lab)
@@ -195,7 +210,7 @@ def up(lab: Lab, names: tuple[str, ...], say: Callable[[str], None], timeout: fl
     for node in targets:
         network.prepare(node)
         _publish_metadata(lab, node, assigned=False)
-        nodes.boot(lab.dir(node), golden, userdata[node.name], plan.network_config(node))
+        nodes.boot(lab.dir(node), lower[node.role], userdata[node.name], plan.network_config(node))
         network.plug(node)
         say(f"{node.name}: booting ({node.role}, bond0 {node.public}/31, private {node.private}/31)")
     settle(lab, targets, say, timeout)

@@ -58,6 +58,7 @@ class NodeSpec:
     max_price: float | None
     userdata: str
     tags: tuple[str, ...]
+    ipxe_script_url: str | None = None  # boot a node image over the network rather than the provider's OS
 
 
 class Provider(Protocol):
