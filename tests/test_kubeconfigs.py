@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client, config as kube_config
 
 from conftest import revealed_kubeconfig
-from tools import need
+from tools import need_built
 from vent_bake import secrets
 from vent_bake.state import State
 
@@ -50,7 +50,7 @@ def test_kubeconfig_loads_as_its_identity(rendered, rel, tmp_path):
 
 
 def test_admin_kubeconfig_in_kubectl(rendered):
-    (kubectl,) = need("kubectl")
+    (kubectl,) = need_built("kubectl")  # kubectl v1.36.0, as `vent-bake lab build` makes it
     out = subprocess.run(
         [kubectl, "config", "view", "--raw", "--minify", "--kubeconfig", str(rendered / ".vent/admin.kubeconfig")],
         capture_output=True, text=True, check=True,
