@@ -264,11 +264,15 @@ class Cluster(Strict):
     def _controller_names(self) -> frozenset[str]:
         return frozenset(n.name for n in self.controllers)
 
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.nodes}
+
     def role(self, node: Node) -> str:
         return "controller" if node.name in self._controller_names else "worker"
 
     def node(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        return self._by_name[name]
 
     def is_first_controller(self, node: Node) -> bool:
         return node.name == self.controllers[0].name
@@ -281,11 +285,8 @@ def schema() -> dict:
 # --- loading -------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-    """PyYAML keeps the last of two equal keys; an operator would rather hear about it.
-
-    libyaml's parser when PyYAML has it: a thousand-node file parses ten times faster.
-    """
+class _UniqueKeyLoader(lock.YAML_LOADER):
+    """PyYAML keeps the last of two equal keys; an operator would rather hear about it."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
