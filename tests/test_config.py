@@ -55,6 +55,16 @@ def test_even_controller_count_is_a_warning(tmp_path):
     assert "warning: controllers: 2 controllers tolerate no more failures than 1" in result.stderr
 
 
+def test_node_images_over_plain_http_are_a_warning(tmp_path):
+    """iPXE checks no digest of what it boots: unlike every other fetch, http is not safe there."""
+    url = "https://files.example.com/vent/artifacts/"
+    imaged = write_cluster(tmp_path, **{f"  artifacts_url: {url}": "  artifacts_url: http://files.example.com/vent/",
+                                        "\nboot:\n": "\nimage:\n  workers: worker-v1.36.0\n\nboot:\n"})
+    assert any("iPXE checks no digest" in w for w in config.warnings(config.load(imaged)))
+    imaged.write_text(imaged.read_text().replace("http://files", "https://files"))
+    assert not any("iPXE" in w for w in config.warnings(config.load(imaged)))
+
+
 @pytest.mark.parametrize("controllers,workers", [(1, 0), (3, 2), (5, 1000)])
 def test_init_example_is_valid_and_sized(controllers, workers):
     cluster = config.parse(example.cluster_yaml("vent", controllers, workers), "example")

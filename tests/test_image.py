@@ -8,6 +8,7 @@ import hashlib
 import io
 import http.server
 import json
+import mmap
 import os
 import re
 import subprocess
@@ -65,10 +66,14 @@ def test_the_image_says_what_went_in_and_holds_no_secret(cluster, images):
     ipxe = (images["worker"] / "boot.ipxe").read_text()
     assert ipxe.startswith("#!ipxe\n") and f"http://169.254.169.254/artifacts/images/worker-{VERSION}/vmlinuz boot=live fetch=" in ipxe
     assert "console=ttyS1,115200n8" in ipxe
-    # Nothing secret: no key of the state anywhere in the root filesystem.
-    keys = [p.read_bytes() for p in (cluster.parent / ".vent/pki").rglob("*.key")]
-    squashfs = (images["worker"] / "filesystem.squashfs").read_bytes()
-    assert not [k for k in keys if k[40:100] in squashfs]
+    # Nothing secret: no key of the state, nor the encryption key, anywhere in the root
+    # filesystem, read where it is stored uncompressed (the disk image's ext4).
+    state = cluster.parent / ".vent"
+    secrets = [p.read_bytes()[40:100] for p in (state / "pki").rglob("*.key")] + [(state / "secrets/encryption.key").read_bytes().strip()]
+    assert len(secrets) > 10 and all(len(s) >= 40 for s in secrets)
+    with open(images["worker"] / "disk.raw", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as disk_image:
+        assert disk_image.find(b"kubelet") != -1  # the search reads the files' bytes
+        assert not [s for s in secrets if disk_image.find(s) != -1]
 
 
 def test_the_build_is_reproducible(cluster, images, tmp_path):
@@ -121,10 +126,10 @@ def _seed_files(seed: Path) -> dict[str, str]:
 
 
 def test_a_seed_holds_the_node_as_cloud_init_reads_it(cluster, tmp_path):
-    seed = tmp_path / "seed.iso"
-    result = cli("seed", "worker-0", "-c", cluster, "--output", seed)
+    result = cli("seed", "worker-0", "-c", cluster)
     assert result.exit_code == 0, result.output
-    assert seed.stat().st_mode & 0o777 == 0o600
+    seed = cluster.parent / "seeds/worker-0.iso"  # it holds secrets: where git ignores it
+    assert seed.stat().st_mode & 0o777 == 0o600 and (cluster.parent / "seeds/.gitignore").read_text() == "*\n"
     found = _seed_files(seed)
     revealed = cli("userdata", "worker-0", "-c", cluster, "--reveal").stdout
     assert set(found) == {"user-data", "meta-data"}  # the network: cloud-init's fallback

@@ -303,8 +303,23 @@ def test_an_imaged_role_boots_its_image_over_custom_ipxe(metal, cluster):
     base = cluster.read_text().split("artifacts_url: ")[1].split()[0]
     for host in ("worker-0", "worker-1"):
         assert (devices[host]["os"], devices[host]["ipxe_script_url"], devices[host]["always_pxe"]) == (
-            "custom_ipxe", f"{base}images/{name}/boot.ipxe", False)
+            "custom_ipxe", f"{base}images/{name}/boot.ipxe", True)
     assert devices["controller-0"]["os"] == "debian_12" and devices["controller-0"]["ipxe_script_url"] is None
+
+
+def test_launch_refuses_an_ipxe_script_not_published_as_made(metal, cluster):
+    name = fake_image(cluster, "worker")
+    cluster.write_text(cluster.read_text().replace("\nboot:\n", f"\nimage:\n  workers: {name}\n\nboot:\n"))
+    run("reserve", "-c", cluster)
+    run("render", "-c", cluster)
+    published = cluster.parent / "artifacts" / "images" / name / "boot.ipxe"
+    published.write_text(published.read_text().replace("vmlinuz", "another-kernel"))
+    result = run("launch", "-c", cluster, "--yes", ok=False)
+    assert f"images/{name}/boot.ipxe: not the one made" in result.stderr
+    published.unlink()
+    result = run("launch", "-c", cluster, "--yes", ok=False)
+    assert f"images/{name}/boot.ipxe: HTTP 404" in result.stderr
+    assert metal.calls.get("POST projects/{id}/devices", 0) == 0
 
 
 def test_an_image_of_another_lock_is_refused(metal, cluster):

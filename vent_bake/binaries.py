@@ -5,11 +5,14 @@ Each line: name, URL, digest algorithm, digest, and where it installs. An archiv
 digest before it installs anything.
 """
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from vent_bake import lock
 from vent_bake.config import Cluster
+from vent_bake.errors import VentError
 
 BIN = "/usr/local/bin"
 CNI_BIN = "/opt/cni/bin"
@@ -31,6 +34,37 @@ class Download:
 
     def line(self) -> str:
         return "\t".join((self.name, self.url, self.algorithm, self.digest, self.installs))
+
+
+class FetchError(VentError):
+    """A download could not be had (`mismatch` False) or was not the pinned one; nothing was kept."""
+
+    def __init__(self, message: str, mismatch: bool):
+        super().__init__(message)
+        self.mismatch = mismatch
+
+
+def fetch_pinned(session, url: str, download: Download, target: Path) -> None:
+    """Stream `url` (with a requests session) into `target`, kept only if it has the download's
+    pinned digest: the host side's counterpart of the boot script's download step."""
+    import requests
+
+    digest = hashlib.new(download.algorithm)
+    partial = target.with_name(target.name + ".part")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with session.get(url, stream=True, timeout=(10, 300)) as response, open(partial, "wb") as out:
+            response.raise_for_status()
+            for chunk in response.iter_content(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+    except (requests.RequestException, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise FetchError(f"cannot fetch {url} ({exc.__class__.__name__})", mismatch=False) from None
+    if digest.hexdigest() != download.digest:
+        partial.unlink()
+        raise FetchError(f"{url} does not match the lock's {download.algorithm} for {download.name}", mismatch=True)
+    partial.rename(target)
 
 
 def mirrored(url: str, mirror: str | None) -> str:

@@ -142,19 +142,25 @@ def userdata_command(node: str, cluster_file: Path, out: Path | None, state: Pat
     """Print NODE's userdata as reviewed in the artifacts, or, with --reveal, as it boots.
 
     --reveal first checks the artifacts against their MANIFEST and the node's role."""
+    with _opened(cluster_file, out, state, write=False) as ws:
+        text = _node_userdata(ws, node, reveal)
+    click.echo(text, nl=False)
+
+
+def _node_userdata(ws, node: str, reveal: bool) -> str:
+    """NODE's userdata as reviewed in the artifacts, or (reveal) as it boots: every marker filled
+    in, once the artifacts match their MANIFEST and the node's role may hold what they name."""
     from vent_bake import artifacts, manifest
 
-    with _opened(cluster_file, out, state, write=False) as ws:
-        tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster)) if reveal else artifacts.read(ws.paths.out)
-        if node not in {n.name for n in ws.cluster.nodes}:
-            raise VentError(f"{ws.paths.cluster}: no node {node!r} in the cluster file")
-        if reveal:
-            text = artifacts.revealed(tree, ws.cluster, ws.state, node)
-        elif f"nodes/{node}/userdata" in tree:
-            text = tree[f"nodes/{node}/userdata"].decode()
-        else:
-            raise VentError(f"{ws.paths.out}: no userdata for node {node!r}; run `vent-bake render` first")
-    click.echo(text, nl=False)
+    if node not in {n.name for n in ws.cluster.nodes}:
+        raise VentError(f"{ws.paths.cluster}: no node {node!r} in the cluster file")
+    if reveal:
+        tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster))
+        return artifacts.revealed(tree, ws.cluster, ws.state, node)
+    tree = artifacts.read(ws.paths.out)
+    if f"nodes/{node}/userdata" not in tree:
+        raise VentError(f"{ws.paths.out}: no userdata for node {node!r}; run `vent-bake render` first")
+    return tree[f"nodes/{node}/userdata"].decode()
 
 
 @main.command()
@@ -344,22 +350,19 @@ def image_build(cluster_file, role, source):
 @cluster_option
 @out_option
 @state_option
-@click.option("--output", type=click.Path(path_type=Path), help="The seed image [default: NODE-seed.iso beside the cluster file].")
+@click.option("--output", type=click.Path(path_type=Path), help="The seed image [default: seeds/NODE.iso beside the cluster file].")
 @click.option("--network-config", "network", type=click.Path(path_type=Path),
               help="cloud-init network config (version 1 or 2) to put in the seed [default: none, cloud-init's fallback: DHCP].")
 def seed(node, cluster_file, out, state, output, network):
     """Write NODE's NoCloud seed (a `cidata` ISO 9660 image: user-data, meta-data and any
     network-config), so that it boots on any hypervisor or machine from a node image."""
-    from vent_bake import artifacts, manifest
     from vent_bake import seed as seeds
 
     network_config = seeds.network_config(network) if network else None
     with _opened(cluster_file, out, state, write=False) as ws:
-        tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster))
-        if node not in {n.name for n in ws.cluster.nodes}:
-            raise VentError(f"{ws.paths.cluster}: no node {node!r} in the cluster file")
-        target = output or ws.paths.cluster.parent / f"{node}-seed.iso"
-        seeds.write(target, artifacts.revealed(tree, ws.cluster, ws.state, node), node, network_config)
+        userdata = _node_userdata(ws, node, reveal=True)
+        target = output or seeds.default_path(ws.paths.cluster, node)
+        seeds.write(target, userdata, node, network_config)
     click.echo(f"wrote {target} (it holds the node's secrets: keep it as you keep .vent/)")
 
 

@@ -510,4 +510,7 @@ def warnings(c: Cluster, today: datetime.date | None = None) -> list[str]:
         if url and url.startswith("http://"):
             out.append(f"{field}: {url} is plain http: every file is still checked by its digest, but anyone on the"
                        " path sees what the nodes fetch; prefer https")
+    if (c.image.controllers or c.image.workers) and c.boot.artifacts_url.startswith("http://"):
+        out.append(f"image: the nodes network-boot from {c.boot.artifacts_url} over plain http, and iPXE checks no digest"
+                   " of the kernel, initrd or root filesystem: anyone on the path could replace them; use https")
     return out

@@ -123,9 +123,22 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _staging(target: Path) -> tuple[str, str]:
+def staging_paths(target: Path) -> tuple[str, str]:
+    """Where a new tree for target is made, and where its old one goes: names clear_leftovers knows."""
     parent = os.fspath(target.parent)
     return f"{parent}/.{target.name}.new-{os.getpid()}", f"{parent}/.{target.name}.old-{os.getpid()}"
+
+
+def swap_in(staging: str, target: str, old: str) -> None:
+    """Put the tree at staging in target's place in one step (the old tree is then at staging,
+    for the caller to remove). Where the filesystem cannot exchange: two renames, and
+    clear_leftovers puts the old tree back if a run dies between them."""
+    if not os.path.exists(target):
+        os.rename(staging, target)
+    elif not _exchange(staging, target):
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old)
 
 
 def is_temp(name: str) -> bool:
@@ -175,7 +188,7 @@ def replace_tree(
     """
     parent = os.fspath(target.parent)
     os.makedirs(parent, exist_ok=True)
-    staging, old = _staging(target)
+    staging, old = staging_paths(target)
     umask = os.umask(0)
     os.umask(umask)
     dirs: set[str] = set()
@@ -202,14 +215,7 @@ def replace_tree(
                 shutil.copy2(src, dst, follow_symlinks=False)
         if secret:
             _syncfs(staging)
-        if not target.exists():
-            os.rename(staging, target)
-        elif not _exchange(staging, os.fspath(target)):
-            # No exchange here: two renames; clear_leftovers puts the old tree back if a run
-            # dies between them.
-            os.rename(target, old)
-            os.rename(staging, target)
-            shutil.rmtree(old)
+        swap_in(staging, os.fspath(target), old)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)  # the unfinished tree, or the old one after the exchange

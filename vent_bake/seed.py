@@ -42,6 +42,17 @@ def contents(userdata: str, node: str, network: bytes | None = None) -> dict[str
     return files | ({"network-config": network} if network is not None else {})
 
 
+def default_path(cluster_file: Path, node: str) -> Path:
+    """seeds/NODE.iso beside the cluster file, in a directory git is told to ignore: a seed
+    holds the node's secrets and must not be committed with the cluster file."""
+    directory = cluster_file.parent / "seeds"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    ignore = directory / fsutil.IGNORE_ALL
+    if not ignore.exists():
+        fsutil.write_file(ignore, b"*\n", 0o600)
+    return directory / f"{node}.iso"
+
+
 def write(target: Path, userdata: str, node: str, network: bytes | None = None) -> None:
     import pycdlib  # only this command writes ISO 9660
 

@@ -31,10 +31,10 @@ IMAGES = "images"
 MANIFEST = "manifest.json"
 OUTPUTS = ("disk.raw", "vmlinuz", "initrd.img", "filesystem.squashfs", "boot.ipxe")
 ROLES = {"controller": "controllers", "worker": "workers"}
+TOOLS = ("mmdebstrap", "tar", *disk.TOOLS, "mksquashfs")
 DISK_CMDLINE = "rw console=tty0 console=ttyS0,115200n8"
 # Equinix Metal's x86 machines have their serial console on the second port.
 IPXE_CMDLINE = "console=tty0 console=ttyS1,115200n8"
-LAB_MIRROR = "http://169.254.169.254/mirror/"  # a lab cluster's binaries: its lab-mirror/ beside the cluster file
 
 
 def name(cluster: Cluster, role: str) -> str:
@@ -51,25 +51,22 @@ def _fetcher(cluster_file: Path, source: str | None) -> Callable[[Download, Path
     mirror laid out <host>/<path>), from a lab's own mirror directory, or from its URL."""
     import requests
 
+    from vent_bake.lab import mirror, plan  # a lab cluster's binaries: its mirror directory beside the cluster file
+
     session = requests.Session()
 
     def fetch(download: Download, target: Path) -> None:
-        local = cluster_file.parent / "lab-mirror" / download.url.removeprefix(LAB_MIRROR)
-        if source is None and download.url.startswith(LAB_MIRROR) and local.is_file():
+        local = cluster_file.parent / mirror.MIRROR_DIR / download.url.removeprefix(plan.MIRROR_URL)
+        if source is None and download.url.startswith(plan.MIRROR_URL) and local.is_file():
             shutil.copyfile(local, target)
-        else:
-            url = binaries.mirrored(download.url, source) if source else download.url
-            try:
-                with session.get(url, stream=True, timeout=(10, 300)) as response, open(target, "wb") as out:
-                    response.raise_for_status()
-                    for chunk in response.iter_content(1 << 20):
-                        out.write(chunk)
-            except (requests.RequestException, OSError) as exc:
-                raise VentError(f"image: cannot fetch {url} ({exc.__class__.__name__}); pass --from a mirror") from None
-        digest = fsutil.file_digest(target, download.algorithm)
-        if digest != download.digest:
-            target.unlink()
-            raise VentError(f"image: {download.url} does not match the lock's {download.algorithm} for {download.name}; nothing was built")
+            if fsutil.file_digest(target, download.algorithm) != download.digest:
+                raise VentError(f"image: {local} does not match the lock's {download.algorithm} for {download.name}; nothing was built")
+            return
+        url = binaries.mirrored(download.url, source) if source else download.url
+        try:
+            binaries.fetch_pinned(session, url, download, target)
+        except binaries.FetchError as exc:
+            raise VentError(f"image: {exc}; " + ("nothing was built" if exc.mismatch else "pass --from a mirror")) from None
 
     return fetch
 
@@ -89,21 +86,34 @@ def _extract(tar: Path) -> Path:
     """The root filesystem extracted where directory order is creation order (tmpfs)."""
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="vent-image-root-", dir=shm if shm.is_dir() else None))
-    proc = subprocess.run(["tar", "--numeric-owner", "-xpf", str(tar), "-C", str(root)], capture_output=True, text=True)
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(["tar", "--numeric-owner", "-xpf", str(tar), "-C", str(root)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise VentError(f"image: extracting the root filesystem failed: {proc.stderr.strip()[-300:]}")
+    except BaseException:  # an interrupt too: gigabytes in memory
         shutil.rmtree(root, ignore_errors=True)
-        raise VentError(f"image: extracting the root filesystem failed: {proc.stderr.strip()[-300:]}")
+        raise
     return root
+
+
+def _check_host() -> None:
+    """Everything the build needs, before minutes of mmdebstrap."""
+    if os.geteuid() != 0:
+        raise VentError("image: needs root (the root filesystem's files are owned by root, and its install step runs in a chroot)")
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if missing:
+        raise VentError(f"image: {', '.join(missing)} not found; install the Debian packages mmdebstrap, e2fsprogs, dosfstools,"
+                        " mtools, syslinux, fdisk and squashfs-tools")
 
 
 def build(cluster_file: Path, role: str, source: str | None, say: Callable[[str], None]) -> Path:
     cluster = config.load(cluster_file)
-    if not shutil.which("mmdebstrap"):
-        raise VentError("image: mmdebstrap not found; install the Debian package mmdebstrap")
+    _check_host()
     out = cluster_file.parent.absolute() / IMAGES / name(cluster, role)
     out.parent.mkdir(parents=True, exist_ok=True)
     fsutil.clear_leftovers(out)
-    staging = out.with_name(f".{out.name}.new-{os.getpid()}")
+    staging_path, old = fsutil.staging_paths(out)
+    staging = Path(staging_path)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -123,9 +133,7 @@ def build(cluster_file: Path, role: str, source: str | None, say: Callable[[str]
         manifest = {"role": role, "kubernetes": cluster.versions.kubernetes, "arch": cluster.arch,
                     "source_date_epoch": rootfs.EPOCH, "outputs": outputs, "downloads": downloads, "packages": packages}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        fsutil.swap_in(staging_path, str(out), old)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

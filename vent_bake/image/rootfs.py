@@ -82,5 +82,6 @@ def build(cluster: Cluster, role: str, out: Path, fetch: Callable[[Download, Pat
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SOURCE_DATE_EPOCH": str(EPOCH), "LC_ALL": "C.UTF-8"},
             capture_output=True, text=True)
         if proc.returncode != 0:
-            raise VentError(f"image: mmdebstrap failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            last = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+            raise VentError(f"image: mmdebstrap failed: {last}")
     return {d.name: {"algorithm": d.algorithm, "digest": d.digest, "url": d.url} for d in downloads}

@@ -61,7 +61,12 @@ def golden(cache: Path, say) -> Path:
 def baked(squashfs: Path, cache: Path, say) -> Path:
     """A node image's root filesystem (vent-bake image build), unpacked once: the lower layer of
     the nodes of its role, in place of the golden image."""
-    key = fsutil.file_digest(squashfs)[:16]
+    if not shutil.which("unsquashfs"):
+        raise VentError("lab: unsquashfs not found; install the Debian package squashfs-tools")
+    try:
+        key = fsutil.file_digest(squashfs)[:16]
+    except OSError as exc:
+        raise VentError(f"{squashfs}: cannot read the node image ({exc.strerror}); run `vent-bake image build`") from None
     root = cache / f"baked-{key}"
     if root.is_dir():
         return root

@@ -164,11 +164,11 @@ def _answers(lab: Lab, url: str) -> bool:
 def roots(lab: Lab, say: Callable[[str], None]) -> dict[str, Path]:
     """Each role's root filesystem: its node image (the cluster file's `image`), or the golden one."""
     cache = base() / "cache"
+    image_build.check(lab.paths.cluster, lab.cluster)  # an image rebuilt from another lock since render
     out = {}
     for role, field in image_build.ROLES.items():
         directory = getattr(lab.cluster.image, field)
         if directory:
-            image_build.check(lab.paths.cluster, lab.cluster)
             out[role] = image.baked(lab.paths.cluster.parent / image_build.IMAGES / directory / "filesystem.squashfs", cache, say)
         else:
             out[role] = image.golden(cache, say)

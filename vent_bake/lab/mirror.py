@@ -120,23 +120,11 @@ def fill(cluster: Cluster, directory: Path, source: str | None, say: Callable[[s
             raise VentError(f"lab: {target} is missing; `vent-bake lab init --force` writes the lab's mirror again")
         origin = binaries.mirrored(f"https://{relative}", source)
         say(f"mirror: fetching {download.name} from {origin}")
-        digest = hashlib.new(download.algorithm)
-        partial = target.with_name(target.name + ".part")
-        partial.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with session.get(origin, stream=True, timeout=(10, 300)) as response, open(partial, "wb") as out:
-                response.raise_for_status()
-                for chunk in response.iter_content(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (requests.RequestException, OSError) as exc:
-            partial.unlink(missing_ok=True)
-            raise VentError(f"lab: cannot fetch {origin} ({exc.__class__.__name__}); the official binaries need internet"
-                            " access, or use `vent-bake lab init` for a lab lock of what this machine builds") from None
-        if digest.hexdigest() != download.digest:
-            partial.unlink()
-            raise VentError(f"lab: {origin} does not match the lock's {download.algorithm} for {download.name}; nothing was kept")
-        partial.rename(target)
+            binaries.fetch_pinned(session, origin, download, target)
+        except binaries.FetchError as exc:
+            raise VentError(f"lab: {exc}; " + ("nothing was kept" if exc.mismatch else "the official binaries need internet"
+                            " access, or use `vent-bake lab init` for a lab lock of what this machine builds")) from None
 
 
 def sources(cluster: Cluster) -> dict[str, str]:

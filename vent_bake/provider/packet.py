@@ -160,8 +160,10 @@ class PacketProvider:
         if spec.spot:
             body |= {"spot_instance": True, "spot_price_max": spec.max_price}
         if spec.ipxe_script_url:
-            # Packet's custom iPXE path, as Flatcar and Lokomotive used it: iPXE on the first boot only.
-            body |= {"operating_system": "custom_ipxe", "ipxe_script_url": spec.ipxe_script_url, "always_pxe": False}
+            # Packet's custom iPXE path. Flatcar's iPXE boot installed to disk, so it PXE-booted once;
+            # a node image runs from memory (live-boot) and writes no disk to boot from later: it
+            # PXE-boots on every boot, each reboot a fresh node from its userdata, as a replacement is.
+            body |= {"operating_system": "custom_ipxe", "ipxe_script_url": spec.ipxe_script_url, "always_pxe": True}
         data = self.manager.call_api(f"projects/{self.settings.project}/devices", type="POST", params=body)
         return _machine(packet.Device(data, self.manager))
 
