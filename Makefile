@@ -33,7 +33,7 @@ example: $(BIN)/vent-bake
 	$(BIN)/vent-bake render -c example/cluster.yaml
 
 # The lab's programs, built from their Go modules at the lock's versions (cached outside the
-# repository: the first build takes about 25 minutes on 2 cores).
+# repository: the first build took 13 minutes on 2 cores, module downloads included).
 lab-build: deps
 	$(BIN)/vent-bake lab build
 
