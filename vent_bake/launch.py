@@ -100,9 +100,7 @@ def check_launchable(ws, provider: Provider) -> dict[str, str]:
         reservations = pool.submit(provider.reservations)
         try:
             tree, problem = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, state, cluster)), None
-            images = image_build.check(ws.paths.cluster, cluster)
-            check_published(cluster, tree, {role: ws.paths.cluster.parent / image_build.IMAGES / getattr(cluster.image, f"{role}s")
-                                            for role in images})
+            check_published(cluster, tree, image_build.check(ws.paths.cluster, cluster))
         except VentError as exc:
             problem = exc
         held = {r.address for r in reservations.result() if cluster_tag(cluster.name) in r.tags}
@@ -140,8 +138,8 @@ def check_published(cluster: Cluster, tree: dict[str, bytes], images: dict[str, 
 
 def ipxe_script(cluster: Cluster, role: str) -> str | None:
     """The published iPXE script of the role's node image, if the cluster file names one."""
-    directory = getattr(cluster.image, f"{role}s")
-    return f"{image_build.published(cluster, directory)}boot.ipxe" if directory else None
+    image = getattr(cluster.image, image_build.ROLES[role])
+    return f"{image_build.published(cluster, image)}boot.ipxe" if image else None
 
 
 def spec_for(cluster: Cluster, node: Node, userdata: str, options: Options) -> NodeSpec:

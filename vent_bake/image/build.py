@@ -41,6 +41,11 @@ def name(cluster: Cluster, role: str) -> str:
     return f"{role}-{cluster.versions.kubernetes}"
 
 
+def directory(cluster_file: Path, image: str) -> Path:
+    """Where an image is made and kept: images/<image>/ beside the cluster file."""
+    return cluster_file.parent.absolute() / IMAGES / image
+
+
 def published(cluster: Cluster, directory: str) -> str:
     """Where the operator publishes an image directory: under boot.artifacts_url."""
     return f"{cluster.boot.artifacts_base}{IMAGES}/{directory}/"
@@ -109,7 +114,7 @@ def _check_host() -> None:
 def build(cluster_file: Path, role: str, source: str | None, say: Callable[[str], None]) -> Path:
     cluster = config.load(cluster_file)
     _check_host()
-    out = cluster_file.parent.absolute() / IMAGES / name(cluster, role)
+    out = directory(cluster_file, name(cluster, role))
     out.parent.mkdir(parents=True, exist_ok=True)
     fsutil.clear_leftovers(out)
     staging_path, old = fsutil.staging_paths(out)
@@ -141,8 +146,8 @@ def build(cluster_file: Path, role: str, source: str | None, say: Callable[[str]
 
 # --- an image as the cluster file names it ---------------------------------------------------------
 
-def manifest(cluster_file: Path, directory: str) -> dict:
-    path = cluster_file.parent.absolute() / IMAGES / directory / MANIFEST
+def manifest(cluster_file: Path, image: str) -> dict:
+    path = directory(cluster_file, image) / MANIFEST
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -151,22 +156,22 @@ def manifest(cluster_file: Path, directory: str) -> dict:
         raise VentError(f"{path}: not an image manifest ({exc})") from None
 
 
-def check(cluster_file: Path, cluster: Cluster) -> dict[str, dict]:
-    """Each imaged role's manifest; an error naming the first binary whose pin the image was not
-    baked with (an image of another lock)."""
+def check(cluster_file: Path, cluster: Cluster) -> dict[str, Path]:
+    """Each imaged role's image directory; an error naming the first binary whose pin the image
+    was not baked with (an image of another lock)."""
     found = {}
     for role, field in ROLES.items():
-        directory = getattr(cluster.image, field)
-        if directory is None:
+        image = getattr(cluster.image, field)
+        if image is None:
             continue
-        baked = manifest(cluster_file, directory)
+        baked = manifest(cluster_file, image)
         want = {d.name: {"algorithm": d.algorithm, "digest": d.digest, "url": d.url} for d in binaries.downloads(cluster, role)}
         for component in sorted(want.keys() | baked.get("downloads", {}).keys()):
             mine, theirs = want.get(component), baked.get("downloads", {}).get(component)
             if mine is None or theirs is None or mine["digest"] != theirs["digest"]:
                 pinned = f"{mine['algorithm']} {mine['digest'][:16]}..." if mine else "nothing"
                 had = f"{theirs['algorithm']} {theirs['digest'][:16]}..." if theirs else "nothing"
-                raise VentError(f"{cluster_file}: image.{field}: {directory} was baked from another lock: {component} is {had}"
+                raise VentError(f"{cluster_file}: image.{field}: {image} was baked from another lock: {component} is {had}"
                                 f" there, the cluster's lock pins {pinned}; run `vent-bake image build --role {role}` again")
-        found[role] = baked
+        found[role] = directory(cluster_file, image)
     return found

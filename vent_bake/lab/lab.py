@@ -164,15 +164,9 @@ def _answers(lab: Lab, url: str) -> bool:
 def roots(lab: Lab, say: Callable[[str], None]) -> dict[str, Path]:
     """Each role's root filesystem: its node image (the cluster file's `image`), or the golden one."""
     cache = base() / "cache"
-    image_build.check(lab.paths.cluster, lab.cluster)  # an image rebuilt from another lock since render
-    out = {}
-    for role, field in image_build.ROLES.items():
-        directory = getattr(lab.cluster.image, field)
-        if directory:
-            out[role] = image.baked(lab.paths.cluster.parent / image_build.IMAGES / directory / "filesystem.squashfs", cache, say)
-        else:
-            out[role] = image.golden(cache, say)
-    return out
+    images = image_build.check(lab.paths.cluster, lab.cluster)  # refused if rebuilt from another lock since render
+    return {role: image.baked(images[role] / "filesystem.squashfs", cache, say) if role in images else image.golden(cache, say)
+            for role in image_build.ROLES}
 
 
 def fill_registry(lab: Lab, say: Callable[[str], None]) -> None:
