@@ -19,7 +19,7 @@ import yaml
 from conftest import cli, node_root, render, revealed_userdata, write_cluster
 from tools import need, need_built
 from vent_bake import fsutil, secrets
-from vent_bake.userdata import BUDGET
+from vent_bake.bundle import USERDATA_BUDGET as BUDGET
 from vent_bake.state import State
 
 NODES = ["controller-0", "controller-1", "controller-2", "worker-0", "worker-1"]

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vent_bake import credentials, fsutil, manifest, secrets
+from vent_bake import fsutil, manifest, secrets
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.state import ARTIFACTS_CACHE, State
@@ -30,11 +30,12 @@ def read(out: Path) -> dict[str, bytes]:
         raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
 
 
-def write(out: Path, tree: dict[str, bytes]) -> None:
-    """Replace vent-bake's part of the artifacts directory, keeping the operator's own files."""
+def write(out: Path, tree: dict[str, bytes]) -> dict[str, list[int]]:
+    """Replace vent-bake's part of the artifacts directory, keeping the operator's own files.
+    Returns the stat records of what was written, for `remember`."""
     try:
         theirs = sorted(e for e in os.listdir(out) if e not in ENTRIES) if out.is_dir() else []
-        fsutil.replace_tree(out, tree, carry_over=theirs)
+        return fsutil.replace_tree(out, tree, carry_over=theirs)
     except OSError as exc:
         raise VentError(f"{out}: cannot write the artifacts ({exc}); the previous artifacts are unchanged") from None
 
@@ -82,6 +83,8 @@ def reveal(text: str, state: State, where: str) -> str:
 def revealed(tree: dict[str, bytes], cluster: Cluster, state: State, host: str) -> str:
     """A node's bootable userdata from a reviewed tree: every marker checked against the state
     and filled in, and none naming a secret the node's role may not hold."""
+    from vent_bake import credentials  # the render's machinery: not for a render with nothing to do
+
     where = f"nodes/{host}/userdata"
     try:
         text = tree[where].decode()
@@ -104,12 +107,18 @@ def revealed_size(reviewed_text: str, state: State, host: str) -> int:
 def unchanged_sizes(out: Path, inputs: str, cluster: Cluster, state: State) -> dict[str, int] | None:
     """Each node's userdata size, if the artifacts are exactly what these inputs render; else None.
 
-    Like git's index: when every file has the size and mtime it had when last known good,
-    nothing was touched; otherwise every file is checked against its digest in the manifest.
+    Like git's index: when every file and directory has the stat it had when last known good,
+    nothing was touched (nor added: a directory's mtime would have moved); otherwise every file
+    is checked against its digest in the manifest.
     """
     cached = _cache(state)
-    if cached and cached["inputs"] == inputs and cached["files"] == _stats(out) and not _racy(out, cached, state):
-        return cached["sizes"]
+    if cached and cached["inputs"] == inputs:
+        paths = cached["paths"].splitlines()
+        now, recent = fsutil.restamp(out, paths, os.stat(state.root / ARTIFACTS_CACHE).st_mtime_ns)
+        if now == cached["stamp"] and not _changed(out, paths, recent):
+            if recent:  # checked by content once; stamped again, they need not be next time
+                _keep(inputs, cached["sizes"], paths, now, state)
+            return cached["sizes"]
     if manifest.inputs_of(out / manifest.NAME) != inputs:
         return None  # something to render: no need to read the old tree
     found = examine(read(out), inputs)
@@ -124,30 +133,37 @@ def _cache(state: State) -> dict | None:
     """The cache as last written, or None if it is absent or damaged (it is only a shortcut)."""
     try:
         cached = json.loads(state.get(ARTIFACTS_CACHE) or "null")
-        if isinstance(cached, dict) and {"inputs", "files", "sizes"} <= cached.keys():
+        if isinstance(cached, dict) and all(isinstance(cached.get(k), str) for k in ("inputs", "paths", "stamp")) \
+                and isinstance(cached.get("sizes"), dict):
             return cached
     except ValueError:
         pass
     return None
 
 
-def _racy(out: Path, cached: dict, state: State) -> bool:
-    """Whether a file written in the same clock tick as the cache was edited since: a file whose
-    mtime is not older than the cache's cannot be trusted by its stat alone (git calls it
-    "racily clean"), so its content is checked against the manifest."""
-    since = os.stat(state.root / ARTIFACTS_CACHE).st_mtime_ns
-    suspects = [p for p, (_, mtime) in cached["files"].items() if mtime >= since]
-    if not suspects:
+def _changed(out: Path, paths: list[str], recent: list[str]) -> bool:
+    """Whether any of the recent paths, whose stat cannot vouch for them, was changed: a file's
+    content is checked against the manifest, a directory's entries against the paths."""
+    if not recent:
         return False
     listed = manifest.parse((out / manifest.NAME).read_bytes())
     digests = listed[1] if listed else {}
-    return any(p != manifest.NAME and digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest() for p in suspects)
+    if any(p != manifest.NAME and digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest()
+           for p in recent if not p.endswith("/")):
+        return True
+    entries: dict[str, set[str]] = {}
+    for p in paths:
+        parent, _, name = p.rstrip("/").rpartition("/")
+        entries.setdefault(f"{parent}/", set()).add(name)
+    return any(set(os.listdir(out / p)) != entries.get(p, set()) for p in recent if p.endswith("/"))
 
 
-def _stats(out: Path) -> dict[str, list[int]]:
-    return {p: st for p, st in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
+def remember(out: Path, inputs: str, sizes: dict[str, int], state: State, written: dict | None = None) -> None:
+    """Stamp the artifacts in the cache: from the stat records `write` returned, or else read now."""
+    records = written if written is not None else {p: r for p, r in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
+    _keep(inputs, sizes, list(records), fsutil.stamp(records.values()), state)
 
 
-def remember(out: Path, inputs: str, sizes: dict[str, int], state: State) -> None:
-    record = {"inputs": inputs, "sizes": sizes, "files": _stats(out)}
+def _keep(inputs: str, sizes: dict[str, int], paths: list[str], stamp: str, state: State) -> None:
+    record = {"inputs": inputs, "sizes": sizes, "paths": "\n".join(paths), "stamp": stamp}
     state.write_now(ARTIFACTS_CACHE, json.dumps(record, separators=(",", ":")).encode())

@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 from vent_bake.config import Node
 
+# The most a node's revealed userdata should weigh, in bytes (userdata.py says what it holds).
+USERDATA_BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}
+
 
 @dataclass(frozen=True)
 class File:

@@ -104,7 +104,8 @@ def init(directory: Path, controllers: int, workers: int, name: str, force: bool
                    " everything it signed; repeatable. Needed to replace a CA or a damaged file.")
 def render(cluster_file: Path, out: Path | None, state: Path | None, reissue: tuple[str, ...]):
     """Render every certificate, kubeconfig, config and userdata into the artifacts directory."""
-    from vent_bake import config, userdata, workspace
+    from vent_bake import config, workspace
+    from vent_bake.bundle import USERDATA_BUDGET
 
     paths = workspace.Paths.resolve(cluster_file, out, state)
     replacing = workspace.reissued_files(config.load(paths.cluster), reissue) if reissue else []
@@ -116,7 +117,7 @@ def render(cluster_file: Path, out: Path | None, state: Path | None, reissue: tu
     _report("dropped (no longer in the cluster file)", result.dropped)
     for host, size in result.sizes.items():
         role = result.cluster.role(result.cluster.node(host))
-        budget = userdata.BUDGET[role]
+        budget = USERDATA_BUDGET[role]
         over = f"  OVER its {budget // 1024} KiB budget" if size > budget else ""
         click.echo(f"  {host:<24} {role:<10} userdata {size / 1024:6.1f} KiB{over}")
     status = "written" if result.artifacts_changed else "unchanged"
@@ -157,10 +158,13 @@ def _node_userdata(ws, node: str, reveal: bool) -> str:
     if reveal:
         tree = artifacts.reviewed(ws.paths.out, manifest.inputs_digest(ws.text, ws.state, ws.cluster))
         return artifacts.revealed(tree, ws.cluster, ws.state, node)
-    tree = artifacts.read(ws.paths.out)
-    if f"nodes/{node}/userdata" not in tree:
-        raise VentError(f"{ws.paths.out}: no userdata for node {node!r}; run `vent-bake render` first")
-    return tree[f"nodes/{node}/userdata"].decode()
+    path = ws.paths.out / "nodes" / node / "userdata"
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise VentError(f"{ws.paths.out}: no userdata for node {node!r}; run `vent-bake render` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VentError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); run `vent-bake render`") from None
 
 
 @main.command()

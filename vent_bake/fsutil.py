@@ -8,6 +8,7 @@ next run removes them (`clear_leftovers`) before it writes. A tree that holds se
 a `.gitignore` from its first write, so that no copy of it is ever committed by accident.
 """
 
+import array
 import ctypes
 import errno
 import hashlib
@@ -22,15 +23,17 @@ _RENAME_EXCHANGE = 2
 IGNORE_ALL = ".gitignore"  # in a tree of secrets: "*", so git never picks up any copy of it
 
 
-def _walk(root: Path, visit: Callable[[str, os.DirEntry], None]) -> None:
+def _walk(root: Path, visit: Callable[[str, os.DirEntry], None], dirs: bool = False) -> None:
     """Call visit(path relative to root, '/'-separated; its entry) for every regular file below
-    root. A callback, not a generator: a chain of nested generators costs more per file than
-    the system calls do."""
+    root, and with `dirs` for every directory too (its path ending in "/"). A callback, not a
+    generator: a chain of nested generators costs more per file than the system calls do."""
 
     def walk(directory: str, prefix: str) -> None:
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
+                    if dirs:
+                        visit(f"{prefix}{entry.name}/", entry)
                     walk(entry.path, f"{prefix}{entry.name}/")
                 elif entry.is_file(follow_symlinks=False):
                     visit(prefix + entry.name, entry)
@@ -51,16 +54,53 @@ def read_tree(root: Path) -> dict[str, bytes]:
     return out
 
 
-def stat_tree(root: Path) -> dict[str, list[int]]:
-    """Every regular file below root with its [size, mtime_ns]: what changed, without reading."""
-    out: dict[str, list[int]] = {}
+def _record(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What a stamp keeps of one file or directory: its type, size, mtime and ctime. A
+    directory's mtime moves whenever an entry is added to it, removed or renamed, and any
+    ctime whenever anything about it changes, even an mtime set back by hand."""
+    return st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
-    def stat(rel: str, entry: os.DirEntry) -> None:
-        st = entry.stat(follow_symlinks=False)
-        out[rel] = [st.st_size, st.st_mtime_ns]
 
-    _walk(root, stat)
+MISSING = (0, 0, 0, 0)
+
+
+def stat_tree(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every regular file and directory below root (a directory's path ends in "/"), with its
+    stat record: what changed, without reading anything."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+
+    def record(rel: str, entry: os.DirEntry) -> None:
+        out[rel] = _record(entry.stat(follow_symlinks=False))
+
+    _walk(root, record, dirs=True)
     return out
+
+
+def stamp(records: Iterable[tuple[int, int, int, int]]) -> str:
+    """One digest of many stat records, in order."""
+    flat = array.array("q")
+    for r in records:
+        flat.extend(r)
+    return hashlib.sha256(flat.tobytes()).hexdigest()
+
+
+def restamp(root: Path, paths: Iterable[str], since: int) -> tuple[str, list[str]]:
+    """The stamp of these paths below root as they are now, and those of them changed at or
+    after `since` (a ctime in nanoseconds): a stamp taken in the same clock tick cannot vouch
+    for them (git calls them "racily clean"). A stat per path and no directory listed: with
+    every directory's mtime in the stamp, nothing can have been added unseen."""
+    base, lstat = os.fspath(root), os.lstat
+    flat, recent = array.array("q"), []
+    for rel in paths:  # tens of thousands: every call saved here shows
+        try:
+            st = lstat(f"{base}/{rel.rstrip('/')}")
+        except OSError:
+            flat.extend(MISSING)
+            continue
+        flat.extend((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        if st.st_ctime_ns >= since:
+            recent.append(rel)
+    return hashlib.sha256(flat.tobytes()).hexdigest(), recent
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -178,8 +218,10 @@ def replace_tree(
     file_mode: Callable[[str], int] = lambda _: 0o644,
     carry_over: Iterable[str] = (),
     secret: bool = False,
-) -> None:
+) -> dict[str, tuple[int, int, int, int]]:
     """Make `target` hold exactly `files`, plus the entries named in carry_over from the old tree.
+    Returns the stat records (as stat_tree makes them) of the files and directories written
+    for `files`, taken as they were written: no walk of the new tree afterwards.
 
     A `secret` tree carries IGNORE_ALL from its first write and is flushed to disk before the
     swap (the keys of a cluster must survive a power cut); any other tree can be rendered again.
@@ -192,6 +234,7 @@ def replace_tree(
     umask = os.umask(0)
     os.umask(umask)
     dirs: set[str] = set()
+    written: dict[str, tuple[int, int, int, int]] = {}
     for rel in files:
         d = rel.rpartition("/")[0]
         while d and d not in dirs:
@@ -206,7 +249,9 @@ def replace_tree(
             if secret and not d:
                 _put(f"{staging}/{IGNORE_ALL}", b"*\n", 0o600)
         for rel, data in files.items():
-            _put(f"{staging}/{rel}", data, file_mode(rel))
+            written[rel] = _put(f"{staging}/{rel}", data, file_mode(rel))
+        for d in dirs:  # complete now: every entry is in
+            written[f"{d}/"] = _record(os.lstat(f"{staging}/{d}"))
         for entry in carry_over:
             src, dst = target / entry, f"{staging}/{entry}"
             if src.is_dir() and not src.is_symlink():
@@ -216,14 +261,16 @@ def replace_tree(
         if secret:
             _syncfs(staging)
         swap_in(staging, os.fspath(target), old)
+        return written
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)  # the unfinished tree, or the old one after the exchange
 
 
-def _put(path: str, data: bytes, mode: int) -> None:
+def _put(path: str, data: bytes, mode: int) -> tuple[int, int, int, int]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         _write_all(fd, data)
+        return _record(os.fstat(fd))
     finally:
         os.close(fd)

@@ -147,13 +147,6 @@ def misfit(cert: x509.Certificate, spec: CertSpec, algorithm: str, ca_cert: x509
 
 # --- judging the files of a state ------------------------------------------------------------------
 
-def certificate_name(state_path: str) -> str | None:
-    """The certificate (or key) a state file belongs to: pki/nodes/w-0.key -> nodes/w-0."""
-    if state_path.startswith("pki/") and state_path.endswith((".key", ".crt")):
-        return state_path[len("pki/"):-len(".key")]
-    return None
-
-
 def _load(kind: str, data: bytes | None):
     if data is None:
         return None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from vent_bake import fsutil, pki
+from vent_bake import fsutil
 from vent_bake.errors import StateError
 
 ENCRYPTION_KEY = "secrets/encryption.key"
@@ -178,7 +178,7 @@ def _audit(root: Path, files: dict[str, bytes], names: Iterable[str]) -> None:
 
 def _remedy(name: str) -> str:
     """How to replace a damaged file on purpose, where that is possible."""
-    cert = pki.certificate_name(name)
+    cert = certificate_name(name)
     if cert:
         return f", or replace it and what depends on it with `vent-bake render --reissue {cert}`"
     if name == ENCRYPTION_KEY:
@@ -188,8 +188,18 @@ def _remedy(name: str) -> str:
     return ""
 
 
+def certificate_name(state_path: str) -> str | None:
+    """The certificate (or key) a state file belongs to: pki/nodes/w-0.key -> nodes/w-0."""
+    if state_path.startswith("pki/") and state_path.endswith((".key", ".crt")):
+        return state_path[len("pki/"):-len(".key")]
+    return None
+
+
 def _problems(files: dict[str, bytes], names: Iterable[str]) -> dict[str, str]:
-    """What is wrong with each named file of the state, judged by what it is."""
+    """What is wrong with each named file of the state, judged by what it is. (cryptography is
+    loaded here, not with the module: a state that matches its index needs no judging.)"""
+    from vent_bake import pki
+
     out = {}
     for name in names:
         data = files[name]

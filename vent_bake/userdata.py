@@ -26,7 +26,6 @@ from vent_bake.config import Node
 from vent_bake.context import Context
 from vent_bake.errors import VentError
 
-BUDGET = {"controller": 16 * 1024, "worker": 8 * 1024}  # bytes of revealed userdata
 FETCH = f"{components.LIB}/fetch"
 
 # Files this small rarely shrink under gzip+base64; not trying saves most of the work.

@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from vent_bake import artifacts, certs, credentials, lock, manifest, pki, render, secrets, userdata
+from vent_bake import artifacts, certs, credentials, lock, manifest, pki, render, secrets
+from vent_bake.bundle import USERDATA_BUDGET
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.pki import CertSpec
@@ -326,9 +327,9 @@ def check_sizes(b: Inspection):
         except VentError:
             continue  # a stale or unknown marker is check_secrets' finding
         role = b.cluster.role(node)
-        if size > userdata.BUDGET[role]:
+        if size > USERDATA_BUDGET[role]:
             yield Finding("size", f"nodes/{node.name}/userdata",
-                          f"revealed userdata is {size} bytes, over the {role} budget of {userdata.BUDGET[role]}", "warning")
+                          f"revealed userdata is {size} bytes, over the {role} budget of {USERDATA_BUDGET[role]}", "warning")
 
 
 # --- ranges: what the files say matches the cluster file ----------------------------------------

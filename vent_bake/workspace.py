@@ -6,7 +6,8 @@ opened under the state's lock, and the render command's steps:
 The state is saved before the artifacts: if writing the artifacts fails, the old artifacts
 stay and their manifest no longer matches the inputs, so `launch` refuses them until a
 render succeeds. When the inputs match artifacts/MANIFEST and the files their digests,
-there is nothing to render.
+there is nothing to render, and the render's machinery (certs, templates: cryptography and
+jinja2) is not even loaded.
 """
 
 import contextlib
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vent_bake import artifacts, certs, config, fsutil, manifest, render
+from vent_bake import artifacts, config, fsutil, manifest
 from vent_bake.config import Cluster
 from vent_bake.errors import VentError
 from vent_bake.state import ADMIN_KUBECONFIG, State, locked
@@ -79,6 +80,8 @@ class Result:
 
 def reissued_files(cluster: Cluster, names: Iterable[str]) -> list[str]:
     """The state files that `render --reissue NAME...` replaces; an error for an unknown name."""
+    from vent_bake import certs
+
     known = certs.names(cluster)
     out = []
     for name in names:
@@ -102,7 +105,13 @@ def bake(ws: Workspace, reissue: Iterable[str] = ()) -> Result:
         if sizes is not None:
             state.save()  # only if loading changed it (an index written for the first time)
             return Result(cluster, [], [], False, warnings, sizes)
+    return _render(ws, reissue, warnings)
 
+
+def _render(ws: Workspace, reissue: list[str], warnings: list[str]) -> Result:
+    from vent_bake import certs, render
+
+    cluster, state, paths = ws.cluster, ws.state, ws.paths
     issued, dropped = certs.ensure(cluster, render.addresses(cluster, state), state, replacing=reissue)
     if state.ensure_encryption_key():
         issued.append("encryption key")
@@ -113,6 +122,6 @@ def bake(ws: Workspace, reissue: Iterable[str] = ()) -> Result:
     inputs = manifest.inputs_digest(ws.text, state, cluster)  # the state as saved: the next render's inputs
     tree[manifest.NAME] = manifest.serialise(inputs, tree)
     state.save()
-    artifacts.write(paths.out, tree)
-    artifacts.remember(paths.out, inputs, sizes, state)
+    written = artifacts.write(paths.out, tree)
+    artifacts.remember(paths.out, inputs, sizes, state, written)
     return Result(cluster, issued, dropped, True, warnings, sizes)
