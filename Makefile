@@ -4,10 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages whose real tools the tests run.
+# Debian packages whose real tools the tests run (and GNU time, for the benchmarks' peak memory).
 DEB_PACKAGES := openssl cloud-init systemd shellcheck etcd-server etcd-client iproute2 nftables curl containerd runc haproxy \
   containernetworking-plugins debootstrap systemd-container libseccomp-dev docker-registry skopeo busybox-static \
-  mmdebstrap mtools dosfstools syslinux syslinux-common squashfs-tools fdisk qemu-system-x86
+  mmdebstrap mtools dosfstools syslinux syslinux-common squashfs-tools fdisk qemu-system-x86 time
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: example test deps debs lab-build benchmark clean
