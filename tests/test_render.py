@@ -16,7 +16,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from conftest import cli, render, write_cluster
-from vent_bake import fsutil, templates
+from vent_bake import artifacts, fsutil, templates
 from vent_bake.state import ARTIFACTS_CACHE, State
 
 
@@ -29,13 +29,29 @@ def diff(before: dict, after: dict) -> set[str]:
 
 
 def test_rerender_changes_nothing(fresh):
-    """Nothing but the stat cache, stamped again: `fresh` is a copy, so every ctime is new."""
+    """Nothing but the stat cache the first time, stamped again (`fresh` is a copy, so every
+    ctime is new), and nothing at all the next."""
     artifacts, state = tree(fresh / "artifacts"), tree(fresh / ".vent")
     mtime = os.stat(fresh / "artifacts").st_mtime_ns
     result = render(fresh / "cluster.yaml")
     assert "issued" not in result.stdout and "artifacts unchanged" in result.stdout
     assert tree(fresh / "artifacts") == artifacts and diff(tree(fresh / ".vent"), state) <= {ARTIFACTS_CACHE}
+    state = tree(fresh / ".vent")
+    assert "artifacts unchanged" in render(fresh / "cluster.yaml").stdout
+    assert tree(fresh / "artifacts") == artifacts and tree(fresh / ".vent") == state
     assert os.stat(fresh / "artifacts").st_mtime_ns == mtime
+
+
+def test_a_warm_render_reads_no_artifact(tmp_path, monkeypatch):
+    """The stamp a render takes as it writes is the one the next render finds: nothing is read."""
+    cluster = write_cluster(tmp_path)
+    render(cluster)
+
+    def refuse(*_):
+        raise AssertionError("a warm render read the artifacts")
+
+    monkeypatch.setattr(artifacts, "read", refuse)
+    assert "artifacts unchanged" in render(cluster).stdout
 
 
 def test_render_from_a_fresh_state_has_the_same_shape(rendered, tmp_path):
@@ -247,30 +263,57 @@ def test_compiled_templates_are_read_only_from_a_directory_of_the_users_alone(tm
     assert templates.bytecode_cache() is None, "no cache where none can be made: slower, not broken"
 
 
-def test_a_file_added_to_the_artifacts_is_rendered_away(fresh):
-    """A warm render lists no directory: the added file is seen by its directory's mtime."""
+@pytest.mark.parametrize("kind", ["file", "symlink", "directory"])
+def test_what_is_added_to_the_artifacts_is_rendered_away(fresh, kind):
+    """A warm render lists no directory: what was added is seen by its directory's mtime, and
+    anything but a rendered file is refused by the full check too."""
+    render(fresh / "cluster.yaml")  # stamped again: `fresh` is a copy
     added = fresh / "artifacts/nodes/worker-0/files/etc/systemd/system/evil.service"
-    added.write_text("[Service]\nExecStart=/bin/true\n")
-    result = render(fresh / "cluster.yaml")
-    assert "artifacts written" in result.stdout and not added.exists()
+    {"file": lambda: added.write_text("[Service]\nExecStart=/bin/true\n"),
+     "symlink": lambda: added.symlink_to("/etc/passwd"),
+     "directory": lambda: added.mkdir()}[kind]()
+    cache = json.loads((fresh / ".vent/artifacts.cache").read_text())
+    assert fsutil.restamp(fresh / "artifacts", cache["paths"].split("\n"), 0)[0] != cache["stamp"]
+    if kind != "file":
+        result = cli("verify", "-c", fresh / "cluster.yaml")
+        assert result.exit_code != 0 and "evil.service" in result.stderr and "not a file vent-bake rendered" in result.stderr
+    assert "artifacts written" in render(fresh / "cluster.yaml").stdout
+    assert not os.path.lexists(added)
 
 
-@pytest.mark.parametrize("change", ["edited", "added"])
+def test_a_cache_with_other_sizes_is_ignored(fresh):
+    render(fresh / "cluster.yaml")  # stamped again: `fresh` is a copy
+    path = fresh / ".vent/artifacts.cache"
+    cache = json.loads(path.read_text())
+    sizes = cache["sizes"]
+    for forged in ({**sizes, "worker-0": "big"}, {**sizes, "nosuch": 1}, {}):
+        path.write_text(json.dumps({**cache, "sizes": forged}))
+        result = render(fresh / "cluster.yaml")
+        assert "artifacts unchanged" in result.stdout and "worker-0" in result.stdout
+
+
+@pytest.mark.parametrize("change", ["edited", "added", "manifest"])
 def test_a_change_in_the_clock_tick_of_the_stamp_is_still_seen(fresh, change):
     """The stat cache cannot vouch for what changed in the very clock tick it was stamped (a
     coarse clock, a fast disk): such a file is checked by its content, such a directory by its
     entries. The cache is forged here as a stamp taken just after the change would read."""
     unit = fresh / "artifacts/nodes/worker-1/files/etc/systemd/system/kubelet.service"
     original = unit.read_text()
+    manifest = fresh / "artifacts/MANIFEST"
+    listed = manifest.read_text()
     if change == "edited":
         unit.write_text(original.replace("--v=2", "--v=9"))  # the same size
         changed = unit
+    elif change == "manifest":
+        digest = listed.splitlines()[1][:64]
+        manifest.write_text(listed.replace(digest, digest[::-1], 1))  # the same size
+        changed = manifest
     else:
         (unit.parent / "evil.service").write_text("[Service]\n")
         changed = unit.parent
     path = fresh / ".vent/artifacts.cache"
     cache = json.loads(path.read_text())
-    cache["stamp"], _ = fsutil.restamp(fresh / "artifacts", cache["paths"].splitlines(), 0)
+    cache["stamp"], _ = fsutil.restamp(fresh / "artifacts", cache["paths"].split("\n"), 0)
     path.write_text(json.dumps(cache))
     ctime = os.stat(changed).st_ctime_ns
 
@@ -278,7 +321,7 @@ def test_a_change_in_the_clock_tick_of_the_stamp_is_still_seen(fresh, change):
     assert "artifacts unchanged" in render(fresh / "cluster.yaml").stdout
     os.utime(path, ns=(ctime, ctime))  # the same tick: it is not
     assert "artifacts written" in render(fresh / "cluster.yaml").stdout
-    assert unit.read_text() == original and not (unit.parent / "evil.service").exists()
+    assert unit.read_text() == original and not (unit.parent / "evil.service").exists() and manifest.read_text() == listed
 
 
 def test_node_env_is_read_by_bash_as_written(tmp_path):

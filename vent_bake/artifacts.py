@@ -23,14 +23,20 @@ ENTRIES = frozenset({"admin.kubeconfig", "pki", "nodes", manifest.NAME})
 
 
 def read(out: Path) -> dict[str, bytes]:
-    """vent-bake's part of the artifacts directory."""
+    """vent-bake's part of the artifacts directory: its files. Anything else there (a symlink,
+    a special file, an empty directory) was not rendered, and is refused."""
+    strays: list[str] = []
     try:
-        return {p: d for p, d in fsutil.read_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
+        tree = {p: d for p, d in fsutil.read_tree(out, strays).items() if p.split("/", 1)[0] in ENTRIES}
     except OSError as exc:
         raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
+    for stray in (s for s in strays if s.split("/", 1)[0] in ENTRIES):
+        raise VentError(f"{out}/{stray}: not a file vent-bake rendered (a symlink, a special file or an empty directory):"
+                        " run `vent-bake render`")
+    return tree
 
 
-def write(out: Path, tree: dict[str, bytes]) -> dict[str, list[int]]:
+def write(out: Path, tree: dict[str, bytes]) -> dict[str, tuple[int, int, int, int]]:
     """Replace vent-bake's part of the artifacts directory, keeping the operator's own files.
     Returns the stat records of what was written, for `remember`."""
     try:
@@ -111,59 +117,78 @@ def unchanged_sizes(out: Path, inputs: str, cluster: Cluster, state: State) -> d
     nothing was touched (nor added: a directory's mtime would have moved); otherwise every file
     is checked against its digest in the manifest.
     """
-    cached = _cache(state)
+    cached = _cache(state, cluster)
     if cached and cached["inputs"] == inputs:
-        paths = cached["paths"].splitlines()
+        paths = cached["paths"].split("\n")
         now, recent = fsutil.restamp(out, paths, os.stat(state.root / ARTIFACTS_CACHE).st_mtime_ns)
-        if now == cached["stamp"] and not _changed(out, paths, recent):
-            if recent:  # checked by content once; stamped again, they need not be next time
-                _keep(inputs, cached["sizes"], paths, now, state)
+        if now == cached["stamp"] and not _changed(out, cached, paths, recent):
+            if recent:  # checked by content once; written again, the cache vouches for them next time
+                _keep(cached, state)
             return cached["sizes"]
     if manifest.inputs_of(out / manifest.NAME) != inputs:
         return None  # something to render: no need to read the old tree
-    found = examine(read(out), inputs)
+    records = _records(out)  # before reading: a file edited after it was read must not stamp as read
+    try:
+        tree = read(out)
+    except VentError:
+        return None  # something there is not rendered: render it away
+    found = examine(tree, inputs)
     if not found.intact:
         return None
     sizes = {n.name: revealed_size(found.tree[f"nodes/{n.name}/userdata"].decode(), state, n.name) for n in cluster.nodes}
-    remember(out, inputs, sizes, state)
+    remember(state, inputs, sizes, records, tree[manifest.NAME])
     return sizes
 
 
-def _cache(state: State) -> dict | None:
+def _cache(state: State, cluster: Cluster) -> dict | None:
     """The cache as last written, or None if it is absent or damaged (it is only a shortcut)."""
     try:
         cached = json.loads(state.get(ARTIFACTS_CACHE) or "null")
-        if isinstance(cached, dict) and all(isinstance(cached.get(k), str) for k in ("inputs", "paths", "stamp")) \
-                and isinstance(cached.get("sizes"), dict):
-            return cached
-    except ValueError:
-        pass
-    return None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(cached, dict) or not all(isinstance(cached.get(k), str) for k in ("inputs", "paths", "stamp", "manifest")):
+        return None
+    sizes = cached.get("sizes")
+    if not isinstance(sizes, dict) or sizes.keys() != {n.name for n in cluster.nodes} \
+            or not all(type(v) is int for v in sizes.values()):
+        return None
+    return cached
 
 
-def _changed(out: Path, paths: list[str], recent: list[str]) -> bool:
+def _changed(out: Path, cached: dict, paths: list[str], recent: list[str]) -> bool:
     """Whether any of the recent paths, whose stat cannot vouch for them, was changed: a file's
-    content is checked against the manifest, a directory's entries against the paths."""
+    content is checked against the manifest (the manifest against the digest the cache keeps
+    of it), a directory's entries against the paths."""
     if not recent:
         return False
-    listed = manifest.parse((out / manifest.NAME).read_bytes())
-    digests = listed[1] if listed else {}
-    if any(p != manifest.NAME and digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest()
-           for p in recent if not p.endswith("/")):
+    try:
+        listing = (out / manifest.NAME).read_bytes()
+        if manifest.NAME in recent and hashlib.sha256(listing).hexdigest() != cached["manifest"]:
+            return True
+        listed = manifest.parse(listing)
+        digests = listed[1] if listed else {}
+        files = [p for p in recent if not p.endswith("/") and p != manifest.NAME]
+        if any(digests.get(p) != hashlib.sha256((out / p).read_bytes()).hexdigest() for p in files):
+            return True
+        entries: dict[str, set[str]] = {}
+        for p in paths:
+            parent, _, name = p.rstrip("/").rpartition("/")
+            entries.setdefault(f"{parent}/", set()).add(name)
+        return any(set(os.listdir(out / p)) != entries.get(p, set()) for p in recent if p.endswith("/"))
+    except OSError:
         return True
-    entries: dict[str, set[str]] = {}
-    for p in paths:
-        parent, _, name = p.rstrip("/").rpartition("/")
-        entries.setdefault(f"{parent}/", set()).add(name)
-    return any(set(os.listdir(out / p)) != entries.get(p, set()) for p in recent if p.endswith("/"))
 
 
-def remember(out: Path, inputs: str, sizes: dict[str, int], state: State, written: dict | None = None) -> None:
-    """Stamp the artifacts in the cache: from the stat records `write` returned, or else read now."""
-    records = written if written is not None else {p: r for p, r in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
-    _keep(inputs, sizes, list(records), fsutil.stamp(records.values()), state)
+def _records(out: Path) -> dict[str, tuple[int, int, int, int]]:
+    return {p: r for p, r in fsutil.stat_tree(out).items() if p.split("/", 1)[0] in ENTRIES}
 
 
-def _keep(inputs: str, sizes: dict[str, int], paths: list[str], stamp: str, state: State) -> None:
-    record = {"inputs": inputs, "sizes": sizes, "paths": "\n".join(paths), "stamp": stamp}
+def remember(state: State, inputs: str, sizes: dict[str, int], records: dict[str, tuple[int, int, int, int]], listing: bytes) -> None:
+    """Keep in the cache the artifacts' stamp, from their stat records (as `write` returns them),
+    and the digest of their MANIFEST (`listing`), which cannot list its own."""
+    _keep({"inputs": inputs, "sizes": sizes, "paths": "\n".join(records), "stamp": fsutil.stamp(records.values()),
+           "manifest": hashlib.sha256(listing).hexdigest()}, state)
+
+
+def _keep(record: dict, state: State) -> None:
     state.write_now(ARTIFACTS_CACHE, json.dumps(record, separators=(",", ":")).encode())

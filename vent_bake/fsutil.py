@@ -23,34 +23,43 @@ _RENAME_EXCHANGE = 2
 IGNORE_ALL = ".gitignore"  # in a tree of secrets: "*", so git never picks up any copy of it
 
 
-def _walk(root: Path, visit: Callable[[str, os.DirEntry], None], dirs: bool = False) -> None:
+def _walk(root: Path, visit: Callable[[str, os.DirEntry], None], dirs: bool = False, strays: list[str] | None = None) -> None:
     """Call visit(path relative to root, '/'-separated; its entry) for every regular file below
-    root, and with `dirs` for every directory too (its path ending in "/"). A callback, not a
-    generator: a chain of nested generators costs more per file than the system calls do."""
+    root, and with `dirs` for every directory too (its path ending in "/"). `strays` collects
+    what a tree of files should not hold: symlinks, special files and empty directories. A
+    callback, not a generator: a chain of nested generators costs more per file than the
+    system calls do."""
 
     def walk(directory: str, prefix: str) -> None:
+        empty = True
         with os.scandir(directory) as entries:
             for entry in entries:
+                empty = False
                 if entry.is_dir(follow_symlinks=False):
                     if dirs:
                         visit(f"{prefix}{entry.name}/", entry)
                     walk(entry.path, f"{prefix}{entry.name}/")
                 elif entry.is_file(follow_symlinks=False):
                     visit(prefix + entry.name, entry)
+                elif strays is not None:
+                    strays.append(prefix + entry.name)
+        if empty and prefix and strays is not None:
+            strays.append(prefix)
 
     if os.path.isdir(root):
         walk(os.fspath(root), "")
 
 
-def read_tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root, by its relative path."""
+def read_tree(root: Path, strays: list[str] | None = None) -> dict[str, bytes]:
+    """Every regular file below root, by its relative path; what else is there goes to
+    `strays`, if given (see _walk)."""
     out: dict[str, bytes] = {}
 
     def read(rel: str, entry: os.DirEntry) -> None:
         with open(entry.path, "rb") as fh:
             out[rel] = fh.read()
 
-    _walk(root, read)
+    _walk(root, read, strays=strays)
     return out
 
 
@@ -250,7 +259,7 @@ def replace_tree(
                 _put(f"{staging}/{IGNORE_ALL}", b"*\n", 0o600)
         for rel, data in files.items():
             written[rel] = _put(f"{staging}/{rel}", data, file_mode(rel))
-        for d in dirs:  # complete now: every entry is in
+        for d in sorted(dirs):  # complete now: every entry is in
             written[f"{d}/"] = _record(os.lstat(f"{staging}/{d}"))
         for entry in carry_over:
             src, dst = target / entry, f"{staging}/{entry}"

@@ -29,7 +29,7 @@ from vent_bake.errors import StateError
 ENCRYPTION_KEY = "secrets/encryption.key"
 ADDRESSES = "addresses.yaml"  # reserved addresses, written by `vent-bake reserve`
 ADMIN_KUBECONFIG = "admin.kubeconfig"  # the operator's credential, revealed
-ARTIFACTS_CACHE = "artifacts.cache"  # the artifacts' sizes and mtimes when last known good (artifacts.py)
+ARTIFACTS_CACHE = "artifacts.cache"  # the artifacts' stat stamp when last known good (artifacts.py)
 INDEX = "index.sha256"  # sha256 of every file below but the derived ones
 DERIVED = frozenset({ADMIN_KUBECONFIG, ARTIFACTS_CACHE})  # made by a render, not an input to it
 NOT_STATE = frozenset({INDEX, fsutil.IGNORE_ALL})

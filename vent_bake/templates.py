@@ -7,13 +7,16 @@ file. Values are quoted by the templates themselves (`tojson` yields a valid YAM
 double-quoted scalar, `sh` a shell word); Python only passes values.
 
 Compiling every template costs a small render about 20 ms of its 0.3 s, so the compiled code
-is kept, as Python keeps .pyc files, in the user's cache directory (`bytecode_cache`), keyed
-by each template's text. jinja2 itself is imported only when a template is filled: a render with
-nothing to do never loads it.
+is kept, as Python keeps .pyc files, in the user's cache directory (`bytecode_cache`): per
+jinja2 version and version of this module (the Environment's options shape the compiled code),
+and by each template's text. jinja2 itself is imported only when a template is filled: a
+render with nothing to do never loads it.
 """
 
+import hashlib
 import os
 import shlex
+import stat
 from functools import cache
 from pathlib import Path
 
@@ -36,26 +39,31 @@ def sources() -> dict[str, str]:
 
 
 def cache_directory() -> Path:
-    """Where compiled templates are kept, per jinja2 version (its compiled code is its own)."""
+    """Where compiled templates are kept: per jinja2 version and per version of this module."""
     import jinja2
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base, "vent-bake", f"jinja2-{jinja2.__version__}")
+    this = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return Path(base, "vent-bake", f"jinja2-{jinja2.__version__}-{this}")
 
 
 def bytecode_cache():
-    """jinja2's cache of compiled templates in cache_directory(), or None where that is not a
-    directory of this user's alone: compiled code is run as it is found, so a directory others
-    can write to is never read. A cache that cannot be written is only slower."""
+    """jinja2's cache of compiled templates in cache_directory(), or None unless that directory
+    and the one holding it are this user's alone: compiled code is run as it is found, so a
+    directory others could write to, or swap, is never read. A cache that cannot be written is
+    only slower."""
     from jinja2 import FileSystemBytecodeCache
 
     directory = cache_directory()
     try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = directory.stat()
+        for d, others_may in ((directory.parent, 0o055), (directory, 0)):  # may read and enter
+            if not d.exists():
+                d.parent.mkdir(parents=True, exist_ok=True)
+                d.mkdir(mode=0o700, exist_ok=True)
+            st = d.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077 & ~others_may:
+                return None
     except OSError:
-        return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
         return None
 
     class Cache(FileSystemBytecodeCache):

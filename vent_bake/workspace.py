@@ -123,5 +123,5 @@ def _render(ws: Workspace, reissue: list[str], warnings: list[str]) -> Result:
     tree[manifest.NAME] = manifest.serialise(inputs, tree)
     state.save()
     written = artifacts.write(paths.out, tree)
-    artifacts.remember(paths.out, inputs, sizes, state, written)
+    artifacts.remember(state, inputs, sizes, written, tree[manifest.NAME])
     return Result(cluster, issued, dropped, True, warnings, sizes)
