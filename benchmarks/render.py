@@ -109,12 +109,17 @@ def fs_floor(base: Path, tree: Path) -> tuple[float, int, int]:
     return wall, dirs, files
 
 
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding path (ext4, tmpfs, ...)."""
+    return subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True).stdout.split()[-1]
+
+
 def verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
 
 
 def measure(base: Path, repeat: int) -> dict:
-    fs = subprocess.run(["df", "--output=fstype", str(base)], capture_output=True, text=True).stdout.split()[-1]
+    fs = filesystem(base)
     print(f"\nvent-bake render, 3 controllers + N workers, median of {repeat} ({os.cpu_count()} cores, {fs} at {base})")
     print(f"{'workers':>8} {'kind':>5} {'wall s':>8} {'ms/node':>8} {'peak MiB':>9}")
     results = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from render import filesystem  # noqa: E402  (benchmarks/render.py, beside this script)
 from vent_bake import example  # noqa: E402
 
 VENT = [sys.executable, "-m", "vent_bake"]
@@ -108,17 +109,6 @@ def main() -> None:
         print(f"  the same, no compiled templates cached (a first run ever): {found['cold, no compiled templates']:.3f} s")
         print(f"  warm render, 3 controllers + 1000 workers: {verdict(found['warm'], 0.6)}")
         print(f"  vent-bake userdata worker-3 (3 + 20): {found['userdata']:.3f} s")
-
-
-def filesystem(path: Path) -> str:
-    """The type of the filesystem holding path, from /proc/mounts (the longest mount point)."""
-    best = ("", "?")
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        point = fields[1]
-        if (str(path.resolve()) + "/").startswith(point.rstrip("/") + "/") and len(point) > len(best[0]):
-            best = (point, fields[2])
-    return best[1]
 
 
 if __name__ == "__main__":
