@@ -2,7 +2,8 @@
 0.1 s), which modules `render` loads (never requests, urllib3 or packet-python), a cold render
 of 3 controllers and 20 workers (target: at most 0.3 s) and a warm render of 3 controllers and
 1,000 workers (target: at most 0.6 s), and `vent-bake userdata NODE`. Wall times of the real
-command, median of --repeat runs, in each --dir (default: ./.bench on disk, and /dev/shm).
+command, median of --repeat runs, in each --dir (default: ./.bench on disk, and /dev/shm),
+with the package's modules compiled to bytecode as an installed wheel has them.
 
 A cold render is a first one: each run in a new directory, the disk flushed before it (so no
 earlier run's writes land on it). It is measured twice: with the user's cache of compiled
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from render import filesystem  # noqa: E402  (benchmarks/render.py, beside this script)
+from render import as_installed, filesystem  # noqa: E402  (benchmarks/render.py, beside this script)
 from vent_bake import example  # noqa: E402
 
 VENT = [sys.executable, "-m", "vent_bake"]
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, action="append")
     args = parser.parse_args()
     dirs = args.dir or [ROOT / ".bench", *[Path("/dev/shm")] * os.path.isdir("/dev/shm")]
+    print(as_installed())
 
     def verdict(value: float, target: float) -> str:
         return f"{value:.3f} s (target {target} s: {'met' if value <= target else 'MISSED'})"

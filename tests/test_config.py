@@ -5,7 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from conftest import cli, write_cluster
 from vent_bake import config, example
@@ -91,6 +93,23 @@ def test_init_rejects_a_bad_name(tmp_path):
 
 def test_schema_is_json_schema_of_the_model():
     schema = json.loads(cli("schema").stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["title"] == "Cluster"
     assert {"name", "controllers", "workers", "network", "pki", "provider"} <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Network"]["properties"]["api_port"] | {"description": ""} == {
+        "type": "integer", "minimum": 1, "maximum": 65535, "default": 6443, "description": ""}
+
+
+SHAPE_ERRORS = ("unknown setting", "required setting is missing", "input should be")
+
+
+def test_schema_agrees_with_the_loader():
+    """An editor checking against `vent-bake schema` accepts the example, and rejects every
+    broken file whose problem is one of shape or type (the rules across fields are the loader's)."""
+    validator = jsonschema.Draft202012Validator(json.loads(cli("schema").stdout))
+    assert not list(validator.iter_errors(yaml.safe_load(example.cluster_yaml("vent", 3, 2))))
+    shape = [p for p in BROKEN if any(e in expected(p) for e in SHAPE_ERRORS)]
+    assert len(shape) >= 6
+    for path in shape:
+        assert list(validator.iter_errors(yaml.safe_load(path.read_text()))), path.name

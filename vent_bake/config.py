@@ -1,10 +1,11 @@
 """The cluster file: one validated model of cluster.yaml, and its loader.
 
-Shape and types are checked by the pydantic model; rules that span several fields (ranges
+Shape and types are checked by the records' annotations (vent_bake.model); rules that span several fields (ranges
 that overlap, duplicate names, sizes) are checked afterwards by `check`, so that every error
 can name the exact field it is about.
 """
 
+import dataclasses
 import datetime
 import ipaddress
 import re
@@ -14,10 +15,10 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from vent_bake import lock
 from vent_bake.errors import ConfigError
+from vent_bake.model import MAX_QUOTED, Check, Invalid, Record, build, json_schema, quoted, setting
 
 # The provider's private range: Packet/Equinix Metal routes 10.0.0.0/8 over its private
 # network, so neither pods nor services may live there.
@@ -28,23 +29,12 @@ HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0
 # characters, quotes, `$`, backquotes or backslashes, checked on the raw string (urlsplit
 # drops newlines before anyone sees them).
 UNSAFE_IN_URL = re.compile(r"[\s\x00-\x1f\x7f'\"`$\\]")
-MAX_QUOTED = 60  # an error line quotes at most this much of a value
 MAX_VALUES = 1_000_000  # a cluster file expands (YAML aliases included) to at most this many values
 # X.509 limits a common name to 64 characters; a kubelet's is system:node:<name>, and the
 # longest CA's is "<cluster> front-proxy CA".
 MAX_NODE_NAME = 64 - len("system:node:")
 MAX_CLUSTER_NAME = 64 - len(" front-proxy CA")
 DNS_SERVICE_INDEX = 10  # CoreDNS sits at the tenth address of the service range, as in KTHW
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-def quoted(value) -> str:
-    """A value as an error line may quote it: repr'd, and cut short."""
-    text = repr(value)
-    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
 
 
 def _hostname(value: str) -> str:
@@ -95,98 +85,98 @@ def _url(value: str) -> str:
     return value
 
 
-Hostname = Annotated[str, AfterValidator(_hostname)]
-URL = Annotated[str, AfterValidator(_url)]
-CIDR = Annotated[str, AfterValidator(_ipv4_network)]
-IPv4 = Annotated[str, AfterValidator(_ipv4_address)]
+Hostname = Annotated[str, Check(_hostname, format="hostname")]
+URL = Annotated[str, Check(_url, format="uri")]
+CIDR = Annotated[str, Check(_ipv4_network)]
+IPv4 = Annotated[str, Check(_ipv4_address, format="ipv4")]
 
 
-class Node(Strict):
+class Node(Record):
     """A machine of the cluster: its hostname and its reserved public IPv4 address."""
 
-    name: Hostname = Field(description="Hostname and Kubernetes node name (RFC 1123).")
-    address: IPv4 | None = Field(
+    name: Hostname = setting(description="Hostname and Kubernetes node name (RFC 1123).")
+    address: IPv4 | None = setting(
         None,
         description="Reserved public IPv4 address. Leave it out when the provider reserves it"
         " (`vent-bake reserve`).",
     )
 
 
-class RoleSettings(Strict):
+class RoleSettings(Record):
     """How the provider runs the machines of one role."""
 
-    plan: str = Field("c3.small.x86", description="Device plan.")
-    spot: bool = Field(description="Run on the spot market.")
-    max_price: float | None = Field(
+    plan: str = setting("c3.small.x86", description="Device plan.")
+    spot: bool = setting(description="Run on the spot market.")
+    max_price: float | None = setting(
         None, description="Highest spot price per hour (USD) to bid; required when spot is true."
     )
 
 
-class Packet(Strict):
+class Packet(Record):
     """Packet / Equinix Metal settings, used by reserve, launch, status and destroy."""
 
-    project: str = Field(description="Project ID (UUID).")
-    metro: str = Field(description="Metro code, e.g. da, sv, am.")
-    os: str = Field("debian_12", description="Operating system slug: debian_12, ubuntu_22_04, ubuntu_24_04.")
-    api_url: str = Field(
+    project: str = setting(description="Project ID (UUID).")
+    metro: str = setting(description="Metro code, e.g. da, sv, am.")
+    os: str = setting("debian_12", description="Operating system slug: debian_12, ubuntu_22_04, ubuntu_24_04.")
+    api_url: str = setting(
         "https://api.equinix.com/metal/v1",
         description="API base URL; METAL_API_URL overrides it.",
     )
-    controllers: RoleSettings = Field(
+    controllers: RoleSettings = setting(
         RoleSettings(spot=False),
         description="Controllers run on-demand by default: a reclaim wave must not take etcd's quorum.",
     )
-    workers: RoleSettings = Field(RoleSettings(spot=True, max_price=0.5), description="Workers run on spot by default.")
-    address_quota: int = Field(
+    workers: RoleSettings = setting(RoleSettings(spot=True, max_price=0.5), description="Workers run on spot by default.")
+    address_quota: int = setting(
         256, ge=1, description="The project's quota of public IPv4 addresses; `reserve` refuses a cluster that needs more."
     )
 
 
-class Provider(Strict):
+class Provider(Record):
     packet: Packet
 
 
-class Network(Strict):
-    pod_cidr: CIDR = Field("172.16.0.0/16", description="Pod range; each node gets one subnet of it.")
-    node_pod_prefix: int = Field(24, ge=16, le=28, description="Prefix length of each node's pod subnet.")
-    service_cidr: CIDR = Field("172.31.0.0/16", description="Service range (--service-cluster-ip-range).")
-    cluster_domain: Hostname = Field("cluster.local", description="Cluster DNS domain.")
-    api_endpoint: Hostname | None = Field(
+class Network(Record):
+    pod_cidr: CIDR = setting("172.16.0.0/16", description="Pod range; each node gets one subnet of it.")
+    node_pod_prefix: int = setting(24, ge=16, le=28, description="Prefix length of each node's pod subnet.")
+    service_cidr: CIDR = setting("172.31.0.0/16", description="Service range (--service-cluster-ip-range).")
+    cluster_domain: Hostname = setting("cluster.local", description="Cluster DNS domain.")
+    api_endpoint: Hostname | None = setting(
         None,
         description="DNS name operators use to reach the API (added to the apiserver certificate)."
         " Default: the first controller's address.",
     )
-    api_port: int = Field(6443, ge=1, le=65535, description="Port of kube-apiserver on every controller.")
-    balancer_port: int = Field(
+    api_port: int = setting(6443, ge=1, le=65535, description="Port of kube-apiserver on every controller.")
+    balancer_port: int = setting(
         7443, ge=1, le=65535, description="Port of the local API balancer on 127.0.0.1 of every node."
     )
-    admin_networks: list[CIDR] = Field(
+    admin_networks: list[CIDR] = setting(
         ["0.0.0.0/0"],
         description="Networks allowed to reach the API from outside the cluster (mutual TLS guards it too).",
     )
-    ssh: bool = Field(False, description="Open SSH (22/tcp) in the host firewall.")
+    ssh: bool = setting(False, description="Open SSH (22/tcp) in the host firewall.")
 
 
-class PKI(Strict):
-    key_algorithm: Literal["ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096"] = Field(
+class PKI(Record):
+    key_algorithm: Literal["ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096"] = setting(
         "ecdsa-p256", description="Key type of every key the cluster makes."
     )
-    ca_days: int = Field(3650, ge=1, le=36500, description="Validity of the CAs, in days.")
-    leaf_days: int = Field(365, ge=1, le=36500, description="Validity of every other certificate, in days.")
-    encryption_provider: Literal["secretbox", "aescbc"] = Field(
+    ca_days: int = setting(3650, ge=1, le=36500, description="Validity of the CAs, in days.")
+    leaf_days: int = setting(365, ge=1, le=36500, description="Validity of every other certificate, in days.")
+    encryption_provider: Literal["secretbox", "aescbc"] = setting(
         "secretbox", description="How kube-apiserver encrypts Secrets at rest (EncryptionConfiguration)."
     )
 
 
-class Boot(Strict):
+class Boot(Record):
     """What a booting node reaches besides the binaries' hosts."""
 
-    artifacts_url: URL = Field(
+    artifacts_url: URL = setting(
         description="Where you publish this cluster's artifacts/ directory. A node's userdata carries"
         " its secrets and its network and flannel set-up; the node fetches every other file from"
         " nodes/<host>/ under this URL, each checked against a digest its userdata pins.",
     )
-    metadata_url: URL = Field(
+    metadata_url: URL = setting(
         "https://metadata.platformequinix.com/metadata",
         description="The provider's metadata service (the node's private address, its reserved"
         " address); pods are kept away from it.",
@@ -197,60 +187,60 @@ class Boot(Strict):
         return self.artifacts_url.rstrip("/") + "/"
 
 
-class Versions(Strict):
-    kubernetes: str = Field("v1.36.0", description="Kubernetes version; must be in the binaries lock.")
+class Versions(Record):
+    kubernetes: str = setting("v1.36.0", description="Kubernetes version; must be in the binaries lock.")
 
 
-class Host(Strict):
+class Host(Record):
     """What the machines under the nodes allow. The defaults are a bare-metal machine's, and
     strict: set one only for machines that cannot do otherwise (a node in a container, as
     the lab's are), since each trades a safeguard away."""
 
-    allow_cgroup_v1: bool = Field(
+    allow_cgroup_v1: bool = setting(
         False, description="Kubernetes 1.35+ refuses cgroup v1, and so does the boot script; true keeps a cgroup v1"
         " machine running (kubelet's failCgroupV1: false).")
-    can_lower_oom_score: bool = Field(
+    can_lower_oom_score: bool = setting(
         True, description="false where nothing may lower a process's oom_score_adj (containerd's restrict_oom_score_adj).")
-    conntrack_sysctls: bool = Field(
+    conntrack_sysctls: bool = setting(
         True, description="false where the conntrack table's size cannot be set (kube-proxy then leaves it as it is).")
-    gvisor_cgroups: bool = Field(
+    gvisor_cgroups: bool = setting(
         True, description="false where gVisor cannot manage cgroups through systemd (cgroup v1): runsc ignores cgroups.")
-    own_disk: bool = Field(
+    own_disk: bool = setting(
         True, description="false where nodes share one disk: kubelet's disk-pressure eviction and image garbage"
         " collection, which would judge the sum, are turned off.")
 
 
-class Image(Strict):
+class Image(Record):
     """Node images made by `vent-bake image build`, by role: a directory under images/ beside
     the cluster file. A node of an imaged role boots from it (launch: Packet's custom iPXE, with
     the image's boot.ipxe published under boot.artifacts_url) and downloads nothing."""
 
-    controllers: Hostname | None = Field(None, description="e.g. controller-v1.36.0")
-    workers: Hostname | None = Field(None, description="e.g. worker-v1.36.0")
+    controllers: Hostname | None = setting(None, description="e.g. controller-v1.36.0")
+    workers: Hostname | None = setting(None, description="e.g. worker-v1.36.0")
 
 
-class Cluster(Strict):
+class Cluster(Record):
     """A Kubernetes-the-Hard-Way cluster on bare metal."""
 
-    name: Hostname = Field(description="Cluster name: the kubeconfig cluster name and the provider tag.")
+    name: Hostname = setting(description="Cluster name: the kubeconfig cluster name and the provider tag.")
     arch: Literal["amd64", "arm64"] = "amd64"
     versions: Versions = Versions()
-    provider: Provider | None = Field(None, description="Leave out to render without a provider.")
+    provider: Provider | None = setting(None, description="Leave out to render without a provider.")
     network: Network = Network()
     pki: PKI = PKI()
-    mirror: URL | None = Field(None, description="Base URL that replaces the official download hosts.")
-    registry_mirrors: dict[Hostname, URL] = Field(
+    mirror: URL | None = setting(None, description="Base URL that replaces the official download hosts.")
+    registry_mirrors: dict[Hostname, URL] = setting(
         {}, description="Container registries pulled through a mirror: upstream registry host -> the mirror's URL"
         " (containerd's hosts.toml), e.g. registry.k8s.io: https://registry.example.com. For air-gapped sites.")
     host: Host = Host()
     image: Image = Image()
     boot: Boot
     controllers: list[Node]
-    workers: list[Node] = []
+    workers: list[Node] = setting([])
 
     # The binaries lock in force: the packaged one, with a project lock beside the cluster
-    # file taking its place for the versions it names (set by `parse`).
-    _lock: dict = PrivateAttr(default_factory=dict)
+    # file taking its place for the versions it names (set by `parse`, not a setting).
+    _lock: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def lock(self) -> dict:
@@ -279,7 +269,7 @@ class Cluster(Strict):
 
 
 def schema() -> dict:
-    return Cluster.model_json_schema()
+    return json_schema(Cluster)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -305,17 +295,6 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-def _problem(err: dict) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        return "unknown setting; remove it or check its spelling (`vent-bake schema` lists them all)"
-    if kind == "missing":
-        return "required setting is missing"
-    if kind == "value_error":
-        return msg.removeprefix("Value error, ")
-    return f"{msg[0].lower()}{msg[1:]} (got {quoted(err['input'])})" if "input" in err else msg
 
 
 def _too_big(data) -> str | None:
@@ -369,11 +348,10 @@ def parse(text: str, source: str, project_lock: dict | None = None) -> Cluster:
     if problem:
         raise ConfigError(source, "", problem)
     try:
-        cluster = Cluster.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(source, _field_path(err["loc"]), _problem(err)) from None
-    cluster._lock = lock.merged(project_lock)
+        cluster = build(Cluster, data)
+    except Invalid as exc:
+        raise ConfigError(source, _field_path(exc.where), exc.problem) from None
+    object.__setattr__(cluster, "_lock", lock.merged(project_lock))  # frozen: set once, here
     for path, problem in check(cluster):
         raise ConfigError(source, path, problem)
     return cluster
