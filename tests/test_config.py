@@ -109,7 +109,8 @@ def test_schema_agrees_with_the_loader():
     broken file whose problem is one of shape or type (the rules across fields are the loader's)."""
     validator = jsonschema.Draft202012Validator(json.loads(cli("schema").stdout))
     assert not list(validator.iter_errors(yaml.safe_load(example.cluster_yaml("vent", 3, 2))))
-    shape = [p for p in BROKEN if any(e in expected(p) for e in SHAPE_ERRORS)]
+    # JSON has no NaN or infinity, so no JSON Schema can refuse them.
+    shape = [p for p in BROKEN if any(e in expected(p) for e in SHAPE_ERRORS) and "finite" not in expected(p)]
     assert len(shape) >= 6
     for path in shape:
         assert list(validator.iter_errors(yaml.safe_load(path.read_text()))), path.name

@@ -54,6 +54,8 @@ def _ipv4_network(value: str) -> str:
         raise ValueError(f"{quoted(value)} is not a valid IPv4 CIDR{detail}") from None
     if net.version != 4:
         raise ValueError(f"{quoted(value)} is IPv6; only IPv4 ranges are supported")
+    if str(net) != value:  # a netmask or a bare address: the components' flags take address/prefix only
+        raise ValueError(f"{quoted(value)} is not in address/prefix form; write {net}")
     return value
 
 
@@ -76,8 +78,12 @@ def _url(value: str) -> str:
     bad = UNSAFE_IN_URL.search(value)
     if bad:
         raise ValueError(f"{quoted(value)} holds {bad[0]!r}; a URL here may hold no whitespace, control characters, quotes, '$', '`' or '\\'")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is no number from 0 to 65535)
+    except ValueError:
+        parts = None
+    if not parts or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(f"{quoted(value)} is not an http(s) URL such as https://files.example.com/vent/")
     if "@" in parts.netloc:
         raise ValueError("holds a user name or password; it would be in every node's userdata and in error messages:"
@@ -282,6 +288,10 @@ class _UniqueKeyLoader(lock.YAML_LOADER):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.MarkedYAMLError(problem="a key that is a list or a mapping", problem_mark=key_node.start_mark) from None
             if key in seen:
                 raise yaml.MarkedYAMLError(
                     problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark
@@ -339,6 +349,8 @@ def parse(text: str, source: str, project_lock: dict | None = None) -> Cluster:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, "", f"not valid YAML{where}: {problem}") from None
+    except ValueError as exc:  # a scalar PyYAML's resolver took for a number or a date, and Python refused
+        raise ConfigError(source, "", f"not valid YAML: a value cannot be read ({str(exc).split(';')[0]})") from None
     if data is None:
         raise ConfigError(source, "", "the file holds no settings; `vent-bake init` writes a commented example")
     if not isinstance(data, dict):

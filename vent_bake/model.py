@@ -14,6 +14,7 @@ and 25 ms to build the cluster file's validators, issue #14) for what this modul
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from typing import Annotated, Any, Callable, Literal, Union
@@ -32,6 +33,8 @@ class Invalid(Exception):
 
 def quoted(value) -> str:
     """A value as an error line may quote it: repr'd, and cut short."""
+    if isinstance(value, int) and value.bit_length() > 200:  # past 60 digits; repr refuses over 4,300
+        return f"an integer of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}... ({len(text)} characters)"
 
@@ -125,11 +128,14 @@ def _value(annotation, value, where: tuple, bounds=None):
 
 def _scalar(kind: type, value, where: tuple, bounds):
     # bool is an int to Python, but never a number in a cluster file; a float field takes 1 as 1.0.
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
+    accepted = (int, float) if kind is float else kind
+    if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
         raise Invalid(where, f"input should be {_TYPE_NAMES[kind]} (got {quoted(value)})")
+    if kind is float:  # no setting means YAML's .nan or .inf, or an integer past a float's range
+        number = float(value) if not isinstance(value, int) or value.bit_length() <= 1000 else math.inf
+        if not math.isfinite(number):
+            raise Invalid(where, f"input should be a finite number (got {quoted(value)})")
+        value = number
     if bounds.get("ge") is not None and value < bounds["ge"]:
         raise Invalid(where, f"input should be at least {bounds['ge']} (got {quoted(value)})")
     if bounds.get("le") is not None and value > bounds["le"]:
