@@ -1,8 +1,8 @@
 """The cluster file: one validated model of cluster.yaml, and its loader.
 
-Shape and types are checked by the records' annotations (vent_bake.model); rules that span several fields (ranges
-that overlap, duplicate names, sizes) are checked afterwards by `check`, so that every error
-can name the exact field it is about.
+Shape and types are checked by the records' annotations (vent_bake.model); rules that span
+several fields (ranges that overlap, duplicate names, sizes) are checked afterwards by
+`check`, so that every error can name the exact field it is about.
 """
 
 import dataclasses

@@ -20,6 +20,9 @@ import typing
 from typing import Annotated, Any, Callable, Literal, Union
 
 MAX_QUOTED = 60  # an error line quotes at most this much of a value
+# Each scalar type: its JSON Schema type, and what an error says a value should be.
+_SCALARS = {str: ("string", "a valid string"), int: ("integer", "a valid integer"),
+            float: ("number", "a valid number"), bool: ("boolean", "a valid boolean")}
 
 
 class Invalid(Exception):
@@ -70,8 +73,6 @@ def _fields(cls) -> list[dataclasses.Field]:
 
 
 # --- building a record from parsed YAML ------------------------------------------------------
-
-_TYPE_NAMES = {str: "a valid string", int: "a valid integer", float: "a valid number", bool: "a valid boolean"}
 
 
 def build(cls, data, where: tuple = ()):
@@ -130,7 +131,7 @@ def _scalar(kind: type, value, where: tuple, bounds):
     # bool is an int to Python, but never a number in a cluster file; a float field takes 1 as 1.0.
     accepted = (int, float) if kind is float else kind
     if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):
-        raise Invalid(where, f"input should be {_TYPE_NAMES[kind]} (got {quoted(value)})")
+        raise Invalid(where, f"input should be {_SCALARS[kind][1]} (got {quoted(value)})")
     if kind is float:  # no setting means YAML's .nan or .inf, or an integer past a float's range
         number = float(value) if not isinstance(value, int) or value.bit_length() <= 1000 else math.inf
         if not math.isfinite(number):
@@ -144,9 +145,6 @@ def _scalar(kind: type, value, where: tuple, bounds):
 
 
 # --- the JSON Schema the records describe ----------------------------------------------------
-
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
-
 
 def json_schema(cls) -> dict:
     """The JSON Schema (2020-12) of a record: nested records under $defs."""
@@ -199,7 +197,7 @@ def _type_schema(annotation, defs: dict) -> dict:
         if annotation.__name__ not in defs:
             defs[annotation.__name__] = _record_schema(annotation, defs)
         return {"$ref": f"#/$defs/{annotation.__name__}"}
-    return {"type": _JSON_TYPES[annotation]}
+    return {"type": _SCALARS[annotation][0]}
 
 
 def _plain(value):
