@@ -30,7 +30,8 @@ def read(out: Path) -> dict[str, bytes]:
         tree = {p: d for p, d in fsutil.read_tree(out, strays).items() if p.split("/", 1)[0] in ENTRIES}
     except OSError as exc:
         raise VentError(f"{out}: cannot read the artifacts directory ({exc.strerror})") from None
-    for stray in (s for s in strays if s.split("/", 1)[0] in ENTRIES):
+    stray = next((s for s in strays if s.split("/", 1)[0] in ENTRIES), None)
+    if stray:
         raise VentError(f"{out}/{stray}: not a file vent-bake rendered (a symlink, a special file or an empty directory):"
                         " run `vent-bake render`")
     return tree

@@ -108,7 +108,7 @@ def bake(ws: Workspace, reissue: Iterable[str] = ()) -> Result:
     return _render(ws, reissue, warnings)
 
 
-def _render(ws: Workspace, reissue: list[str], warnings: list[str]) -> Result:
+def _render(ws: Workspace, reissue: Iterable[str], warnings: list[str]) -> Result:
     from vent_bake import certs, render
 
     cluster, state, paths = ws.cluster, ws.state, ws.paths
